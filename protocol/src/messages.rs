@@ -1,0 +1,741 @@
+//! Domain types of the agent protocol and their checked conversions from
+//! and to the generated protobuf types.
+
+use std::io::{Read, Write};
+
+use protobuf::{EnumOrUnknown, Message, MessageField};
+
+use crate::frame::{read_frame, write_frame};
+use crate::generated::agent as pb;
+use crate::{invalid, ProtocolError, PROTOCOL_VERSION};
+
+/// Largest number of args, env entries, mounts, groups or rlimits accepted.
+pub const MAX_LIST_LEN: usize = 4096;
+
+/// Highest signal number Linux delivers (SIGRTMAX).
+pub const MAX_SIGNAL: i32 = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    pub protocol_version: u32,
+    pub agent_version: String,
+    pub kernel_release: String,
+    pub uptime_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsoleSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Process {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: User,
+    pub terminal: bool,
+    pub console_size: Option<ConsoleSize>,
+    pub rlimits: Vec<Rlimit>,
+    pub no_new_privileges: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A virtio-9p share exported under this tag.
+    Share(String),
+    /// A filesystem the guest kernel makes (tmpfs, proc, sysfs, ...).
+    Fs(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub destination: String,
+    pub source: MountSource,
+    pub options: Vec<String>,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root {
+    pub share_tag: String,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub root: Root,
+    pub process: Process,
+    pub hostname: String,
+    pub mounts: Vec<Mount>,
+    pub memory_limit_bytes: Option<u64>,
+    pub pids_limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMsg {
+    Run(Box<Run>),
+    Signal { signal: i32, all: bool },
+    Resize(ConsoleSize),
+    StdinClose { total_bytes: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFailReason {
+    NotFound,
+    NotExecutable,
+    Setup,
+    Invalid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code, or 128+signal.
+    pub status: i32,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestMsg {
+    Ready(Ready),
+    Started { pid: u32 },
+    StartFailed { reason: StartFailReason, message: String },
+    Exit(Exit),
+}
+
+/// A message that travels as one frame.
+pub trait Wire: Sized {
+    const NAME: &'static str;
+    fn encode(&self) -> Result<Vec<u8>, ProtocolError>;
+    fn decode(bytes: &[u8]) -> Result<Self, ProtocolError>;
+}
+
+/// Writes one message as one frame.
+pub fn write_msg<W: Write, M: Wire>(w: &mut W, msg: &M) -> Result<(), ProtocolError> {
+    let bytes = msg.encode()?;
+    write_frame(w, &bytes)?;
+    Ok(())
+}
+
+/// Reads one message; `Ok(None)` at a clean end of stream.
+pub fn read_msg<R: Read, M: Wire>(r: &mut R) -> Result<Option<M>, ProtocolError> {
+    match read_frame(r)? {
+        None => Ok(None),
+        Some(bytes) => M::decode(&bytes).map(Some),
+    }
+}
+
+/// Checks the agent's announced version against ours.
+pub fn check_version(ready: &Ready) -> Result<(), ProtocolError> {
+    if ready.protocol_version != PROTOCOL_VERSION {
+        return Err(ProtocolError::Version {
+            got: ready.protocol_version,
+            want: PROTOCOL_VERSION,
+        });
+    }
+    Ok(())
+}
+
+fn encode<M: Message>(what: &'static str, m: &M) -> Result<Vec<u8>, ProtocolError> {
+    m.write_to_bytes()
+        .map_err(|source| ProtocolError::Encode { what, source })
+}
+
+fn decode<M: Message>(what: &'static str, bytes: &[u8]) -> Result<M, ProtocolError> {
+    M::parse_from_bytes(bytes).map_err(|source| ProtocolError::Decode { what, source })
+}
+
+fn bounded<T>(field: &'static str, v: Vec<T>) -> Result<Vec<T>, ProtocolError> {
+    if v.len() > MAX_LIST_LEN {
+        return Err(invalid(
+            field,
+            format!("{} entries, at most {MAX_LIST_LEN}", v.len()),
+        ));
+    }
+    Ok(v)
+}
+
+fn no_nul(field: &'static str, s: &str) -> Result<(), ProtocolError> {
+    if s.contains('\0') {
+        return Err(invalid(field, "contains a NUL byte"));
+    }
+    Ok(())
+}
+
+fn absolute(field: &'static str, s: &str) -> Result<(), ProtocolError> {
+    no_nul(field, s)?;
+    if !s.starts_with('/') {
+        return Err(invalid(field, format!("{s:?} is not an absolute path")));
+    }
+    Ok(())
+}
+
+fn signal(field: &'static str, n: u32) -> Result<i32, ProtocolError> {
+    match i32::try_from(n) {
+        Ok(s) if (1..=MAX_SIGNAL).contains(&s) => Ok(s),
+        _ => Err(invalid(field, format!("{n} is not a signal number"))),
+    }
+}
+
+fn console_size(s: &pb::ConsoleSize) -> Result<ConsoleSize, ProtocolError> {
+    let rows = u16::try_from(s.rows).map_err(|_| invalid("console_size.rows", "too large"))?;
+    let cols = u16::try_from(s.cols).map_err(|_| invalid("console_size.cols", "too large"))?;
+    Ok(ConsoleSize { rows, cols })
+}
+
+fn pb_console_size(s: ConsoleSize) -> pb::ConsoleSize {
+    pb::ConsoleSize {
+        rows: s.rows.into(),
+        cols: s.cols.into(),
+        ..Default::default()
+    }
+}
+
+impl TryFrom<pb::Process> for Process {
+    type Error = ProtocolError;
+    fn try_from(p: pb::Process) -> Result<Self, ProtocolError> {
+        let args = bounded("process.args", p.args)?;
+        if args.is_empty() {
+            return Err(invalid("process.args", "empty"));
+        }
+        if args[0].is_empty() {
+            return Err(invalid("process.args", "args[0] is empty"));
+        }
+        for a in &args {
+            no_nul("process.args", a)?;
+        }
+        let env = bounded("process.env", p.env)?;
+        for e in &env {
+            no_nul("process.env", e)?;
+            if !e.contains('=') {
+                return Err(invalid("process.env", format!("{e:?} has no '='")));
+            }
+        }
+        absolute("process.cwd", &p.cwd)?;
+        let user = p.user.into_option().unwrap_or_default();
+        let user = User {
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: bounded("process.user.additional_gids", user.additional_gids)?,
+            umask: user.has_umask.then_some(user.umask),
+        };
+        let console_size = p.console_size.as_ref().map(console_size).transpose()?;
+        let rlimits = bounded("process.rlimits", p.rlimits)?
+            .into_iter()
+            .map(|r| Rlimit {
+                resource: r.resource,
+                soft: r.soft,
+                hard: r.hard,
+            })
+            .collect();
+        Ok(Process {
+            args,
+            env,
+            cwd: p.cwd,
+            user,
+            terminal: p.terminal,
+            console_size,
+            rlimits,
+            no_new_privileges: p.no_new_privileges,
+        })
+    }
+}
+
+impl From<&Process> for pb::Process {
+    fn from(p: &Process) -> Self {
+        pb::Process {
+            args: p.args.clone(),
+            env: p.env.clone(),
+            cwd: p.cwd.clone(),
+            user: MessageField::some(pb::User {
+                uid: p.user.uid,
+                gid: p.user.gid,
+                additional_gids: p.user.additional_gids.clone(),
+                umask: p.user.umask.unwrap_or(0),
+                has_umask: p.user.umask.is_some(),
+                ..Default::default()
+            }),
+            terminal: p.terminal,
+            console_size: p.console_size.map(pb_console_size).into(),
+            rlimits: p
+                .rlimits
+                .iter()
+                .map(|r| pb::Rlimit {
+                    resource: r.resource,
+                    soft: r.soft,
+                    hard: r.hard,
+                    ..Default::default()
+                })
+                .collect(),
+            no_new_privileges: p.no_new_privileges,
+            ..Default::default()
+        }
+    }
+}
+
+impl TryFrom<pb::Mount> for Mount {
+    type Error = ProtocolError;
+    fn try_from(m: pb::Mount) -> Result<Self, ProtocolError> {
+        absolute("mount.destination", &m.destination)?;
+        let source = match m.source {
+            Some(pb::mount::Source::ShareTag(t)) if !t.is_empty() => MountSource::Share(t),
+            Some(pb::mount::Source::FsType(t)) if !t.is_empty() => MountSource::Fs(t),
+            _ => return Err(invalid("mount.source", "neither a share tag nor a type")),
+        };
+        let options = bounded("mount.options", m.options)?;
+        for o in &options {
+            no_nul("mount.options", o)?;
+        }
+        Ok(Mount {
+            destination: m.destination,
+            source,
+            options,
+            readonly: m.readonly,
+        })
+    }
+}
+
+impl From<&Mount> for pb::Mount {
+    fn from(m: &Mount) -> Self {
+        pb::Mount {
+            destination: m.destination.clone(),
+            source: Some(match &m.source {
+                MountSource::Share(t) => pb::mount::Source::ShareTag(t.clone()),
+                MountSource::Fs(t) => pb::mount::Source::FsType(t.clone()),
+            }),
+            options: m.options.clone(),
+            readonly: m.readonly,
+            ..Default::default()
+        }
+    }
+}
+
+impl TryFrom<pb::Run> for Run {
+    type Error = ProtocolError;
+    fn try_from(r: pb::Run) -> Result<Self, ProtocolError> {
+        let root = r
+            .root
+            .into_option()
+            .ok_or_else(|| invalid("run.root", "missing"))?;
+        if root.share_tag.is_empty() {
+            return Err(invalid("run.root.share_tag", "empty"));
+        }
+        let process = r
+            .process
+            .into_option()
+            .ok_or_else(|| invalid("run.process", "missing"))?;
+        no_nul("run.hostname", &r.hostname)?;
+        if r.hostname.len() > 64 {
+            return Err(invalid("run.hostname", "longer than 64 bytes"));
+        }
+        let mounts = bounded("run.mounts", r.mounts)?
+            .into_iter()
+            .map(Mount::try_from)
+            .collect::<Result<_, _>>()?;
+        Ok(Run {
+            root: Root {
+                share_tag: root.share_tag,
+                readonly: root.readonly,
+            },
+            process: Process::try_from(process)?,
+            hostname: r.hostname,
+            mounts,
+            memory_limit_bytes: (r.memory_limit_bytes > 0).then_some(r.memory_limit_bytes),
+            pids_limit: (r.pids_limit > 0).then_some(r.pids_limit),
+        })
+    }
+}
+
+impl From<&Run> for pb::Run {
+    fn from(r: &Run) -> Self {
+        pb::Run {
+            root: MessageField::some(pb::Root {
+                share_tag: r.root.share_tag.clone(),
+                readonly: r.root.readonly,
+                ..Default::default()
+            }),
+            process: MessageField::some((&r.process).into()),
+            hostname: r.hostname.clone(),
+            mounts: r.mounts.iter().map(Into::into).collect(),
+            memory_limit_bytes: r.memory_limit_bytes.unwrap_or(0),
+            pids_limit: r.pids_limit.unwrap_or(0),
+            ..Default::default()
+        }
+    }
+}
+
+impl Wire for HostMsg {
+    const NAME: &'static str = "host";
+
+    fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
+        use pb::host_message::Kind;
+        let kind = match self {
+            HostMsg::Run(r) => Kind::Run(r.as_ref().into()),
+            HostMsg::Signal { signal, all } => Kind::Signal(pb::Signal {
+                signal: *signal as u32,
+                all: *all,
+                ..Default::default()
+            }),
+            HostMsg::Resize(s) => Kind::Resize(pb::Resize {
+                size: MessageField::some(pb_console_size(*s)),
+                ..Default::default()
+            }),
+            HostMsg::StdinClose { total_bytes } => Kind::StdinClose(pb::StdinClose {
+                total_bytes: *total_bytes,
+                ..Default::default()
+            }),
+        };
+        let m = pb::HostMessage {
+            kind: Some(kind),
+            ..Default::default()
+        };
+        encode(Self::NAME, &m)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        use pb::host_message::Kind;
+        let m: pb::HostMessage = decode(Self::NAME, bytes)?;
+        match m.kind {
+            Some(Kind::Run(r)) => Ok(HostMsg::Run(Box::new(Run::try_from(r)?))),
+            Some(Kind::Signal(s)) => Ok(HostMsg::Signal {
+                signal: signal("signal.signal", s.signal)?,
+                all: s.all,
+            }),
+            Some(Kind::Resize(r)) => {
+                let size = r
+                    .size
+                    .as_ref()
+                    .ok_or_else(|| invalid("resize.size", "missing"))?;
+                Ok(HostMsg::Resize(console_size(size)?))
+            }
+            Some(Kind::StdinClose(c)) => Ok(HostMsg::StdinClose {
+                total_bytes: c.total_bytes,
+            }),
+            None => Err(invalid("host_message.kind", "not set")),
+        }
+    }
+}
+
+impl Wire for GuestMsg {
+    const NAME: &'static str = "guest";
+
+    fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
+        use pb::guest_message::Kind;
+        let kind = match self {
+            GuestMsg::Ready(r) => Kind::Ready(pb::Ready {
+                protocol_version: r.protocol_version,
+                agent_version: r.agent_version.clone(),
+                kernel_release: r.kernel_release.clone(),
+                uptime_ns: r.uptime_ns,
+                ..Default::default()
+            }),
+            GuestMsg::Started { pid } => Kind::Started(pb::Started {
+                pid: *pid,
+                ..Default::default()
+            }),
+            GuestMsg::StartFailed { reason, message } => {
+                use pb::start_failed::Reason;
+                let reason = match reason {
+                    StartFailReason::NotFound => Reason::NOT_FOUND,
+                    StartFailReason::NotExecutable => Reason::NOT_EXECUTABLE,
+                    StartFailReason::Setup => Reason::SETUP,
+                    StartFailReason::Invalid => Reason::INVALID,
+                };
+                Kind::StartFailed(pb::StartFailed {
+                    reason: EnumOrUnknown::new(reason),
+                    message: message.clone(),
+                    ..Default::default()
+                })
+            }
+            GuestMsg::Exit(e) => Kind::Exit(pb::Exit {
+                status: e.status as u32,
+                signal: e.signal.unwrap_or(0) as u32,
+                oom_killed: e.oom_killed,
+                stdout_bytes: e.stdout_bytes,
+                stderr_bytes: e.stderr_bytes,
+                ..Default::default()
+            }),
+        };
+        let m = pb::GuestMessage {
+            kind: Some(kind),
+            ..Default::default()
+        };
+        encode(Self::NAME, &m)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        use pb::guest_message::Kind;
+        let m: pb::GuestMessage = decode(Self::NAME, bytes)?;
+        match m.kind {
+            Some(Kind::Ready(r)) => {
+                if r.agent_version.len() > 256 || r.kernel_release.len() > 256 {
+                    return Err(invalid("ready", "version string longer than 256 bytes"));
+                }
+                Ok(GuestMsg::Ready(Ready {
+                    protocol_version: r.protocol_version,
+                    agent_version: r.agent_version,
+                    kernel_release: r.kernel_release,
+                    uptime_ns: r.uptime_ns,
+                }))
+            }
+            Some(Kind::Started(s)) => Ok(GuestMsg::Started { pid: s.pid }),
+            Some(Kind::StartFailed(f)) => {
+                use pb::start_failed::Reason;
+                let reason = match f.reason.enum_value() {
+                    Ok(Reason::NOT_FOUND) => StartFailReason::NotFound,
+                    Ok(Reason::NOT_EXECUTABLE) => StartFailReason::NotExecutable,
+                    Ok(Reason::SETUP) => StartFailReason::Setup,
+                    Ok(Reason::INVALID) => StartFailReason::Invalid,
+                    _ => return Err(invalid("start_failed.reason", "unknown")),
+                };
+                let mut message = f.message;
+                // The message is shown to users: keep it one bounded line.
+                message.truncate(message.floor_char_boundary_compat(1024));
+                Ok(GuestMsg::StartFailed { reason, message })
+            }
+            Some(Kind::Exit(e)) => {
+                if e.status > 255 {
+                    return Err(invalid("exit.status", format!("{} is above 255", e.status)));
+                }
+                let sig = if e.signal == 0 {
+                    None
+                } else {
+                    Some(signal("exit.signal", e.signal)?)
+                };
+                Ok(GuestMsg::Exit(Exit {
+                    status: e.status as i32,
+                    signal: sig,
+                    oom_killed: e.oom_killed,
+                    stdout_bytes: e.stdout_bytes,
+                    stderr_bytes: e.stderr_bytes,
+                }))
+            }
+            None => Err(invalid("guest_message.kind", "not set")),
+        }
+    }
+}
+
+trait FloorCharBoundary {
+    fn floor_char_boundary_compat(&self, max: usize) -> usize;
+}
+
+impl FloorCharBoundary for String {
+    fn floor_char_boundary_compat(&self, max: usize) -> usize {
+        if self.len() <= max {
+            return self.len();
+        }
+        (0..=max).rev().find(|&i| self.is_char_boundary(i)).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_run() -> Run {
+        Run {
+            root: Root {
+                share_tag: "rootfs".into(),
+                readonly: false,
+            },
+            process: Process {
+                args: vec!["sh".into(), "".into(), "héllo wörld".into()],
+                env: vec!["A=b c=d".into(), "PATH=/bin".into()],
+                cwd: "/tmp".into(),
+                user: User {
+                    uid: 1000,
+                    gid: 1000,
+                    additional_gids: vec![50, 63],
+                    umask: Some(0o022),
+                },
+                terminal: true,
+                console_size: Some(ConsoleSize { rows: 40, cols: 120 }),
+                rlimits: vec![Rlimit {
+                    resource: 7,
+                    soft: 1024,
+                    hard: 4096,
+                }],
+                no_new_privileges: true,
+            },
+            hostname: "mu2".into(),
+            mounts: vec![
+                Mount {
+                    destination: "/data".into(),
+                    source: MountSource::Share("vol0".into()),
+                    options: vec!["ro".into()],
+                    readonly: true,
+                },
+                Mount {
+                    destination: "/scratch".into(),
+                    source: MountSource::Fs("tmpfs".into()),
+                    options: vec!["size=1m".into()],
+                    readonly: false,
+                },
+            ],
+            memory_limit_bytes: Some(64 << 20),
+            pids_limit: None,
+        }
+    }
+
+    fn round_trip<M: Wire + PartialEq + std::fmt::Debug>(m: M) {
+        let mut wire = Vec::new();
+        write_msg(&mut wire, &m).unwrap();
+        let back: M = read_msg(&mut &wire[..]).unwrap().unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn host_messages_round_trip() {
+        round_trip(HostMsg::Run(Box::new(sample_run())));
+        round_trip(HostMsg::Signal {
+            signal: 15,
+            all: true,
+        });
+        round_trip(HostMsg::Resize(ConsoleSize { rows: 1, cols: 2 }));
+        round_trip(HostMsg::StdinClose {
+            total_bytes: 1 << 40,
+        });
+    }
+
+    #[test]
+    fn guest_messages_round_trip() {
+        round_trip(GuestMsg::Ready(Ready {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: "0.1.0".into(),
+            kernel_release: "6.1.0".into(),
+            uptime_ns: 123,
+        }));
+        round_trip(GuestMsg::Started { pid: 7 });
+        round_trip(GuestMsg::StartFailed {
+            reason: StartFailReason::NotFound,
+            message: "nope".into(),
+        });
+        round_trip(GuestMsg::Exit(Exit {
+            status: 137,
+            signal: Some(9),
+            oom_killed: true,
+            stdout_bytes: 5,
+            stderr_bytes: 0,
+        }));
+    }
+
+    fn rejects(r: Run, field: &str) {
+        let bytes = HostMsg::Run(Box::new(r)).encode().unwrap();
+        match HostMsg::decode(&bytes) {
+            Err(ProtocolError::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("expected invalid {field}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_runs_are_refused() {
+        let mut r = sample_run();
+        r.process.args.clear();
+        rejects(r, "process.args");
+        let mut r = sample_run();
+        r.process.cwd = "relative".into();
+        rejects(r, "process.cwd");
+        let mut r = sample_run();
+        r.process.env.push("NOEQUALS".into());
+        rejects(r, "process.env");
+        let mut r = sample_run();
+        r.process.args.push("a\0b".into());
+        rejects(r, "process.args");
+        let mut r = sample_run();
+        r.mounts[0].destination = "data".into();
+        rejects(r, "mount.destination");
+        let mut r = sample_run();
+        r.root.share_tag.clear();
+        rejects(r, "run.root.share_tag");
+    }
+
+    #[test]
+    fn bad_signal_and_status_are_refused() {
+        let bytes = HostMsg::Signal {
+            signal: 65,
+            all: false,
+        }
+        .encode()
+        .unwrap();
+        assert!(HostMsg::decode(&bytes).is_err());
+        let bytes = GuestMsg::Exit(Exit {
+            status: 300,
+            signal: None,
+            oom_killed: false,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        })
+        .encode()
+        .unwrap();
+        assert!(GuestMsg::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn empty_message_is_refused() {
+        assert!(HostMsg::decode(&[]).is_err());
+        assert!(GuestMsg::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn version_mismatch_is_refused() {
+        let r = Ready {
+            protocol_version: PROTOCOL_VERSION + 1,
+            agent_version: String::new(),
+            kernel_release: String::new(),
+            uptime_ns: 0,
+        };
+        assert!(matches!(
+            check_version(&r),
+            Err(ProtocolError::Version { .. })
+        ));
+    }
+
+    /// Deterministic fuzz of the decoders: arbitrary bytes never panic.
+    #[test]
+    fn random_bytes_never_panic_decoders() {
+        let mut state: u64 = 0xdead_beef_cafe_f00d;
+        let valid = HostMsg::Run(Box::new(sample_run())).encode().unwrap();
+        for i in 0..5000 {
+            let mut bytes = if i % 2 == 0 {
+                valid.clone()
+            } else {
+                vec![0u8; (xorshift(&mut state) % 128) as usize]
+            };
+            for _ in 0..(1 + xorshift(&mut state) % 8) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = (xorshift(&mut state) as usize) % bytes.len();
+                bytes[at] = xorshift(&mut state) as u8;
+            }
+            let _ = HostMsg::decode(&bytes);
+            let _ = GuestMsg::decode(&bytes);
+        }
+    }
+
+    fn xorshift(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+}
