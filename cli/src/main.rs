@@ -1,1 +1,91 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mu2_cli::run::{self, RunOptions};
+use mu2_microvm::AccelChoice;
+
+#[derive(Parser)]
+#[command(
+    name = "mu2",
+    version,
+    about = "Run OCI bundles in single-use microVMs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run config.json's process of BUNDLE in a fresh VM and exit with its status.
+    Run {
+        /// Names the VM (QEMU's -name is mu2-ID); default: run-PID-NANOS.
+        #[arg(long)]
+        id: Option<String>,
+        /// Guest image directory (default: $MU2_GUEST_DIR or /usr/local/lib/mu2/guest).
+        #[arg(long)]
+        guest_dir: Option<PathBuf>,
+        /// auto, kvm or tcg (default: $MU2_ACCEL or auto).
+        #[arg(long, env = "MU2_ACCEL", default_value = "auto")]
+        accel: AccelChoice,
+        /// The QEMU binary.
+        #[arg(long, env = "MU2_QEMU", default_value = "qemu-system-x86_64")]
+        qemu: PathBuf,
+        /// Print boot and run times to stderr.
+        #[arg(long)]
+        timings: bool,
+        /// Echo the guest console and log verbosely.
+        #[arg(long)]
+        debug: bool,
+        /// The OCI bundle directory (holding config.json).
+        bundle: PathBuf,
+    },
+    /// Report what this host offers mu2.
+    Check {
+        #[arg(long)]
+        guest_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            id,
+            guest_dir,
+            accel,
+            qemu,
+            timings,
+            debug,
+            bundle,
+        } => {
+            let level = if debug { "debug" } else { "warn" };
+            env_logger::Builder::from_env(env_logger::Env::new().filter_or("MU2_LOG", level))
+                .init();
+            let opts = RunOptions {
+                bundle,
+                id,
+                guest_dir,
+                accel,
+                qemu,
+                timings,
+                debug,
+            };
+            match run::run(&opts) {
+                Ok(status) => ExitCode::from(status),
+                Err(e) => {
+                    eprintln!("mu2: {}", run::describe(&e));
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Command::Check { guest_dir } => {
+            if mu2_cli::check::check(guest_dir.as_deref()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,1 +1,28 @@
-//! placeholder
+//! mu2's VMM layer: the only code that knows QEMU.
+//!
+//! A [`VmSpec`] describes one single-use microVM (kernel, initrd, memory,
+//! vCPUs, 9p shares, accelerator). [`Vm::launch`] renders it into a QEMU
+//! `microvm` command line ([`qemu`]), starts QEMU with the agent channel and
+//! the stdio ports on socketpairs (no socket ever touches the filesystem),
+//! and waits — with a deadline — for the guest agent's `Ready`. A VM that is
+//! not ready in time is killed and the error carries the tail of its
+//! console. Dropping a [`Vm`] kills and reaps QEMU, so no error path leaves
+//! a VMM behind.
+//!
+//! [`oci`] maps an OCI bundle (config.json) to a VmSpec's resources and the
+//! agent's `Run` request; [`guest`] finds the installed guest image;
+//! [`accel`] decides between KVM and TCG.
+
+pub mod accel;
+pub mod console;
+pub mod guest;
+pub mod oci;
+pub mod qemu;
+pub mod spec;
+mod sys;
+pub mod vm;
+
+pub use accel::{Accel, AccelChoice};
+pub use guest::GuestImage;
+pub use spec::{Share, VmSpec};
+pub use vm::{Vm, VmError};

@@ -117,8 +117,13 @@ pub struct Exit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestMsg {
     Ready(Ready),
-    Started { pid: u32 },
-    StartFailed { reason: StartFailReason, message: String },
+    Started {
+        pid: u32,
+    },
+    StartFailed {
+        reason: StartFailReason,
+        message: String,
+    },
     Exit(Exit),
 }
 
@@ -543,7 +548,10 @@ impl FloorCharBoundary for String {
         if self.len() <= max {
             return self.len();
         }
-        (0..=max).rev().find(|&i| self.is_char_boundary(i)).unwrap_or(0)
+        (0..=max)
+            .rev()
+            .find(|&i| self.is_char_boundary(i))
+            .unwrap_or(0)
     }
 }
 
@@ -568,7 +576,10 @@ mod tests {
                     umask: Some(0o022),
                 },
                 terminal: true,
-                console_size: Some(ConsoleSize { rows: 40, cols: 120 }),
+                console_size: Some(ConsoleSize {
+                    rows: 40,
+                    cols: 120,
+                }),
                 rlimits: vec![Rlimit {
                     resource: 7,
                     soft: 1024,

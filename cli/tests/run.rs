@@ -1,0 +1,330 @@
+//! `mu2 run` end to end: a real QEMU microvm (TCG here), the installed
+//! guest image, busybox test bundles. Run with `--test-threads=2` (as
+//! `scripts/test` does) to bound the VMs booting at once on a 2-core host.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+
+use common::*;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// Deterministic pseudo-random bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn hello_from_the_vm_with_its_own_kernel() {
+    let Some(base) = setup() else { return };
+    let b = TestBundle::new(
+        &base,
+        &["sh", "-c", "echo hello from $(uname -s); uname -r"],
+    );
+    let out = run(&b);
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr_str());
+    let text = out.stdout_str();
+    assert!(text.starts_with("hello from Linux\n"), "{text}");
+    // The guest kernel is Debian's, whatever the host runs.
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert!(text.lines().nth(1).unwrap().ends_with("-amd64"), "{text}");
+    let _ = host;
+    assert!(out.stderr.is_empty(), "stderr: {}", out.stderr_str());
+}
+
+#[test]
+fn exit_codes_are_passed_through() {
+    let Some(base) = setup() else { return };
+    for code in [0, 1, 42, 255] {
+        let script = format!("exit {code}");
+        let b = TestBundle::new(&base, &["sh", "-c", &script]);
+        let out = run(&b);
+        assert_eq!(out.code(), code, "stderr: {}", out.stderr_str());
+    }
+}
+
+#[test]
+fn a_signal_death_reports_128_plus_the_signal() {
+    let Some(base) = setup() else { return };
+    // A real fault: the kernel's forced SIGSEGV kills even a pid-ns init.
+    let b = TestBundle::new(&base, &["mu2-probe", "segv"]);
+    let out = run(&b);
+    assert_eq!(out.code(), 128 + 11, "stderr: {}", out.stderr_str());
+}
+
+#[test]
+fn signals_to_mu2_are_forwarded_to_the_process() {
+    let Some(base) = setup() else { return };
+    let b = TestBundle::new(
+        &base,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 7' TERM; echo ready; while :; do sleep 0.1; done",
+        ],
+    );
+    let id = unique_id("sig");
+    let dir = b.write();
+    let mut child = spawn(&id, dir, &[]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    lines.read_line(&mut first).unwrap();
+    assert_eq!(first, "ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_deadline(&mut child, RUN_DEADLINE);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut lines, &mut rest).unwrap();
+    assert_eq!(rest, "got TERM\n");
+    assert_eq!(status.code(), Some(7));
+    assert_nothing_left(&id, dir);
+}
+
+#[test]
+fn out_of_memory_reports_137() {
+    let Some(base) = setup() else { return };
+    let mut b = TestBundle::new(&base, &["mu2-probe", "alloc", "200"]);
+    b.config["linux"]["resources"] = json!({"memory": {"limit": 64 * 1024 * 1024}});
+    let out = run(&b);
+    assert_eq!(out.code(), 137, "stderr: {}", out.stderr_str());
+    assert!(!out.stdout_str().contains("allocated"));
+}
+
+#[test]
+fn one_mib_of_stdin_reaches_sha256sum_intact() {
+    let Some(base) = setup() else { return };
+    let input = noise(1 << 20, 7);
+    let b = TestBundle::new(&base, &["sha256sum"]);
+    let out = run_with(&b, &input, &[]);
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr_str());
+    let want = format!("{:x}  -\n", Sha256::digest(&input));
+    assert_eq!(out.stdout_str(), want);
+}
+
+#[test]
+fn stdin_comes_back_byte_exact_through_cat() {
+    let Some(base) = setup() else { return };
+    let input = noise(1 << 20, 99);
+    let b = TestBundle::new(&base, &["cat"]);
+    let out = run_with(&b, &input, &[]);
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr_str());
+    assert!(out.stdout == input, "cat output differs from its input");
+}
+
+#[test]
+fn eight_mib_of_stdout_byte_exact() {
+    let Some(base) = setup() else { return };
+    let b = TestBundle::new(&base, &["mu2-probe", "write-stdout", "8"]);
+    let out = run(&b);
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr_str());
+    assert_eq!(out.stdout.len(), 8 << 20);
+    let want: Vec<u8> = (0..(8usize << 20))
+        .map(|i| (i.wrapping_mul(7).wrapping_add(i / 251)) as u8)
+        .collect();
+    assert!(
+        out.stdout == want,
+        "stdout differs from the probe's pattern"
+    );
+}
+
+#[test]
+fn stderr_is_kept_apart_from_stdout() {
+    let Some(base) = setup() else { return };
+    let b = TestBundle::new(
+        &base,
+        &[
+            "sh",
+            "-c",
+            "echo out1; echo err1 >&2; echo out2; echo err2 >&2",
+        ],
+    );
+    let out = run(&b);
+    assert_eq!(out.code(), 0);
+    assert_eq!(out.stdout_str(), "out1\nout2\n");
+    assert_eq!(out.stderr_str(), "err1\nerr2\n");
+}
+
+#[test]
+fn env_argv_and_cwd_arrive_exactly() {
+    let Some(base) = setup() else { return };
+    let mut b = TestBundle::new(
+        &base,
+        &[
+            "sh",
+            "-c",
+            r#"printf '[%s]' "$SPACED" "$EQ" "$EMPTY"; for a in "$@"; do printf '<%s>' "$a"; done; pwd"#,
+            "sh",
+            "",
+            "héllo wörld ✓",
+            "a=b",
+        ],
+    );
+    b.config["process"]["env"] = json!([
+        "PATH=/bin",
+        "SPACED=two words  and more",
+        "EQ=k=v=w",
+        "EMPTY="
+    ]);
+    b.config["process"]["cwd"] = json!("/tmp");
+    let out = run(&b);
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr_str());
+    assert_eq!(
+        out.stdout_str(),
+        "[two words  and more][k=v=w][]<><héllo wörld ✓><a=b>/tmp\n"
+    );
+}
+
+#[test]
+fn user_and_groups_come_from_the_image() {
+    let Some(base) = setup() else { return };
+    let mut b = TestBundle::new(&base, &["sh", "-c", "id -u; id -g; id -G; echo $HOME"]);
+    b.config["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [42]});
+    b.config["process"]["env"] = json!(["PATH=/bin"]);
+    let out = run(&b);
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr_str());
+    let text = out.stdout_str();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "1000");
+    assert_eq!(lines[1], "1000");
+    let groups: Vec<&str> = lines[2].split_whitespace().collect();
+    for g in ["1000", "42", "50", "63"] {
+        assert!(groups.contains(&g), "group {g} missing from {groups:?}");
+    }
+    assert_eq!(lines[3], "/home/alice");
+}
+
+#[test]
+fn hostname_is_set() {
+    let Some(base) = setup() else { return };
+    let mut b = TestBundle::new(&base, &["hostname"]);
+    b.config["hostname"] = json!("mu2-box");
+    let out = run(&b);
+    assert_eq!(out.stdout_str(), "mu2-box\n");
+}
+
+#[test]
+fn read_only_root_refuses_writes() {
+    let Some(base) = setup() else { return };
+    let mut b = TestBundle::new(&base, &["sh", "-c", "echo x > /probe-file"]);
+    b.config["root"]["readonly"] = json!(true);
+    let out = run(&b);
+    assert_ne!(out.code(), 0);
+    assert!(
+        out.stderr_str().contains("Read-only file system"),
+        "stderr: {}",
+        out.stderr_str()
+    );
+}
+
+#[test]
+fn writes_to_a_writable_root_are_gone_in_the_next_vm() {
+    let Some(base) = setup() else { return };
+    let name = unique_id("w");
+    let write = format!("echo data > /{name} && cat /{name}");
+    let b = TestBundle::new(&base, &["sh", "-c", &write]);
+    let out = run(&b);
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "data\n");
+    // The image itself is untouched ...
+    assert!(!base.join("rootfs").join(&name).exists());
+    // ... and the next VM does not see the write.
+    let check = format!("test -e /{name}");
+    let b = TestBundle::new(&base, &["sh", "-c", &check]);
+    assert_eq!(run(&b).code(), 1);
+}
+
+#[test]
+fn a_missing_binary_is_one_clear_line_and_127() {
+    let Some(base) = setup() else { return };
+    let b = TestBundle::new(&base, &["no-such-binary", "arg"]);
+    let out = run(&b);
+    assert_eq!(out.code(), 127);
+    let err = out.stderr_str();
+    assert_eq!(err.lines().count(), 1, "stderr: {err}");
+    assert!(
+        err.starts_with("mu2: ") && err.contains("no-such-binary"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_malformed_config_is_refused_before_any_vm() {
+    let Some(base) = setup() else { return };
+    let b = TestBundle::new(&base, &["true"]);
+    let dir = b.write();
+    std::fs::write(
+        dir.join("config.json"),
+        "{\"ociVersion\": \"1.0.2\", \"process\": [",
+    )
+    .unwrap();
+    let id = unique_id("bad");
+    let out = collect(&mut spawn(&id, dir, &[]), b"");
+    assert_eq!(out.code(), 125);
+    let err = out.stderr_str();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("malformed") && err.contains("config.json"),
+        "{err}"
+    );
+    assert_nothing_left(&id, dir);
+}
+
+#[test]
+fn a_missing_rootfs_is_refused_before_any_vm() {
+    let Some(base) = setup() else { return };
+    let mut b = TestBundle::new(&base, &["true"]);
+    b.config["root"]["path"] = json!("no-rootfs-here");
+    let id = unique_id("nort");
+    let dir = b.write();
+    let out = collect(&mut spawn(&id, dir, &[]), b"");
+    assert_eq!(out.code(), 125);
+    let err = out.stderr_str();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("rootfs") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert_nothing_left(&id, dir);
+}
+
+#[test]
+fn no_guest_image_is_one_clear_line() {
+    let Some(base) = setup() else { return };
+    let b = TestBundle::new(&base, &["true"]);
+    let empty = tempfile::tempdir().unwrap();
+    let id = unique_id("noimg");
+    let dir = b.write();
+    let guest = empty.path().display().to_string();
+    let out = collect(&mut spawn(&id, dir, &["--guest-dir", &guest]), b"");
+    assert_eq!(out.code(), 125);
+    let err = out.stderr_str();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no guest image"), "{err}");
+    assert_nothing_left(&id, dir);
+}
+
+#[test]
+fn a_missing_cwd_is_refused() {
+    let Some(base) = setup() else { return };
+    let mut b = TestBundle::new(&base, &["true"]);
+    b.config["process"]["cwd"] = json!("/does/not/exist");
+    let out = run(&b);
+    assert_eq!(out.code(), 125, "stderr: {}", out.stderr_str());
+    assert!(
+        out.stderr_str().contains("/does/not/exist"),
+        "{}",
+        out.stderr_str()
+    );
+}

@@ -1,0 +1,467 @@
+//! From an OCI bundle to what one VM needs: its resources, its 9p shares,
+//! and the agent's `Run` request.
+//!
+//! This is the contract of DESIGN.md made concrete: the image's rootfs is
+//! shared read-only (the guest puts a tmpfs overlay on it unless
+//! `root.readonly`); bind mounts become 9p shares; tmpfs, mqueue and the
+//! like are made by the guest; `/proc`, `/sys`, `/dev`, `/dev/pts`,
+//! `/dev/shm` and cgroup mounts are always provided by the agent and so
+//! skipped here; anything else a VM cannot honour is refused. The memory
+//! limit sizes the guest RAM (plus the guest kernel's own overhead) and is
+//! enforced on the container's processes inside the guest; the CPU quota or
+//! cpuset sizes the vCPUs.
+
+use std::path::{Path, PathBuf};
+
+use mu2_protocol::{ConsoleSize, Mount, MountSource, Process, Rlimit, Root, Run, User};
+use oci_spec::runtime::Spec;
+
+use crate::spec::{Share, DEFAULT_MEMORY_MIB, MAX_MEMORY_MIB, MAX_VCPUS};
+
+/// The share tag of the image's rootfs.
+pub const ROOTFS_TAG: &str = "rootfs";
+/// Guest RAM added to a container's memory limit for the guest kernel,
+/// init and agent.
+pub const GUEST_OVERHEAD_MIB: u32 = 96;
+/// Destinations the agent always provides itself.
+const AGENT_PROVIDED: &[&str] = &["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm"];
+/// Filesystem types the guest kernel makes on request.
+const GUEST_FS_TYPES: &[&str] = &["tmpfs", "mqueue", "proc", "sysfs", "devpts"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("no config.json in bundle {0}")]
+    NoConfig(PathBuf),
+    #[error("malformed {path}: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+    #[error("rootfs {0} does not exist or is not a directory")]
+    NoRootfs(PathBuf),
+    #[error("config.json has no process to run")]
+    NoProcess,
+    #[error("process.args is empty")]
+    NoArgs,
+    #[error("process.cwd {0:?} is not an absolute path")]
+    Cwd(PathBuf),
+    #[error("mount {destination}: {reason}")]
+    Mount { destination: String, reason: String },
+    #[error("unsupported rlimit {0}")]
+    Rlimit(String),
+    #[error("memory limit of {0} bytes is outside what a VM can have")]
+    Memory(i64),
+    #[error("invalid linux.resources.cpu: {0}")]
+    Cpu(String),
+}
+
+/// What one VM needs to run a bundle's process.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub shares: Vec<Share>,
+    pub run: Run,
+}
+
+/// Reads and maps `BUNDLE/config.json`.
+pub fn load(bundle: &Path) -> Result<Plan, BundleError> {
+    if !bundle.is_dir() {
+        return Err(BundleError::NotADirectory(bundle.to_path_buf()));
+    }
+    let bundle = bundle
+        .canonicalize()
+        .map_err(|_| BundleError::NotADirectory(bundle.to_path_buf()))?;
+    let config = bundle.join("config.json");
+    if !config.is_file() {
+        return Err(BundleError::NoConfig(bundle));
+    }
+    let text = std::fs::read_to_string(&config).map_err(|e| BundleError::Malformed {
+        path: config.clone(),
+        reason: e.to_string(),
+    })?;
+    let spec: Spec = serde_json::from_str(&text).map_err(|e| BundleError::Malformed {
+        path: config.clone(),
+        reason: e.to_string(),
+    })?;
+    plan(&spec, &bundle)
+}
+
+/// Maps a parsed spec whose relative paths are relative to `bundle`.
+pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, BundleError> {
+    let root = spec.root().as_ref();
+    let root_path = root
+        .map(|r| r.path().clone())
+        .unwrap_or_else(|| PathBuf::from("rootfs"));
+    let rootfs = if root_path.is_absolute() {
+        root_path
+    } else {
+        bundle.join(root_path)
+    };
+    if !rootfs.is_dir() {
+        return Err(BundleError::NoRootfs(rootfs));
+    }
+    let readonly_root = root.and_then(|r| r.readonly()).unwrap_or(false);
+    let mut shares = vec![Share {
+        tag: ROOTFS_TAG.into(),
+        host_path: rootfs,
+        readonly: true,
+    }];
+    let process = process(spec)?;
+    let mounts = mounts(spec, bundle, &mut shares)?;
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let memory_limit = resources
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|&l| l > 0);
+    let memory_mib = match memory_limit {
+        None => DEFAULT_MEMORY_MIB,
+        Some(l) => {
+            let mib = (l as u64).div_ceil(1 << 20);
+            let total = mib + u64::from(GUEST_OVERHEAD_MIB);
+            if total > u64::from(MAX_MEMORY_MIB) {
+                return Err(BundleError::Memory(l));
+            }
+            total as u32
+        }
+    };
+    let vcpus = vcpus(resources.and_then(|r| r.cpu().as_ref()))?;
+    let pids_limit = resources
+        .and_then(|r| r.pids().as_ref())
+        .map(|p| p.limit())
+        .filter(|&l| l > 0)
+        .map(|l| l as u64);
+    Ok(Plan {
+        memory_mib,
+        vcpus,
+        shares,
+        run: Run {
+            root: Root {
+                share_tag: ROOTFS_TAG.into(),
+                readonly: readonly_root,
+            },
+            process,
+            hostname: spec.hostname().clone().unwrap_or_default(),
+            mounts,
+            memory_limit_bytes: memory_limit.map(|l| l as u64),
+            pids_limit,
+        },
+    })
+}
+
+fn process(spec: &Spec) -> Result<Process, BundleError> {
+    let p = spec.process().as_ref().ok_or(BundleError::NoProcess)?;
+    let args = p.args().clone().unwrap_or_default();
+    if args.is_empty() || args[0].is_empty() {
+        return Err(BundleError::NoArgs);
+    }
+    let cwd = p.cwd();
+    if !cwd.is_absolute() {
+        return Err(BundleError::Cwd(cwd.clone()));
+    }
+    let u = p.user();
+    let rlimits = p
+        .rlimits()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let name = serde_json::to_value(r.typ())
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let resource = rlimit_number(&name).ok_or(BundleError::Rlimit(name))?;
+            Ok(Rlimit {
+                resource,
+                soft: r.soft(),
+                hard: r.hard(),
+            })
+        })
+        .collect::<Result<Vec<_>, BundleError>>()?;
+    Ok(Process {
+        args,
+        env: p.env().clone().unwrap_or_default(),
+        cwd: cwd.to_string_lossy().into_owned(),
+        user: User {
+            uid: u.uid(),
+            gid: u.gid(),
+            additional_gids: u.additional_gids().clone().unwrap_or_default(),
+            umask: u.umask(),
+        },
+        terminal: p.terminal().unwrap_or(false),
+        console_size: p.console_size().as_ref().map(|b| ConsoleSize {
+            rows: b.height().min(u64::from(u16::MAX)) as u16,
+            cols: b.width().min(u64::from(u16::MAX)) as u16,
+        }),
+        rlimits,
+        no_new_privileges: p.no_new_privileges().unwrap_or(false),
+    })
+}
+
+/// x86_64 numbering of the RLIMIT_* resources.
+fn rlimit_number(name: &str) -> Option<u32> {
+    const NAMES: [&str; 16] = [
+        "RLIMIT_CPU",
+        "RLIMIT_FSIZE",
+        "RLIMIT_DATA",
+        "RLIMIT_STACK",
+        "RLIMIT_CORE",
+        "RLIMIT_RSS",
+        "RLIMIT_NPROC",
+        "RLIMIT_NOFILE",
+        "RLIMIT_MEMLOCK",
+        "RLIMIT_AS",
+        "RLIMIT_LOCKS",
+        "RLIMIT_SIGPENDING",
+        "RLIMIT_MSGQUEUE",
+        "RLIMIT_NICE",
+        "RLIMIT_RTPRIO",
+        "RLIMIT_RTTIME",
+    ];
+    NAMES.iter().position(|n| *n == name).map(|i| i as u32)
+}
+
+fn mounts(spec: &Spec, bundle: &Path, shares: &mut Vec<Share>) -> Result<Vec<Mount>, BundleError> {
+    let mut out = Vec::new();
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        let destination = m.destination().to_string_lossy().into_owned();
+        let refuse = |reason: String| BundleError::Mount {
+            destination: destination.clone(),
+            reason,
+        };
+        if !destination.starts_with('/') {
+            return Err(refuse("destination is not an absolute path".into()));
+        }
+        let trimmed = destination.trim_end_matches('/');
+        let options = m.options().clone().unwrap_or_default();
+        let typ = m.typ().clone().unwrap_or_default();
+        let is_bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+        if !is_bind
+            && (AGENT_PROVIDED.contains(&trimmed)
+                || typ == "cgroup"
+                || typ == "cgroup2"
+                || trimmed == "/sys/fs/cgroup")
+        {
+            continue;
+        }
+        let readonly = options.iter().any(|o| o == "ro");
+        if is_bind {
+            let source = m
+                .source()
+                .as_ref()
+                .ok_or_else(|| refuse("bind mount without a source".into()))?;
+            let source = if source.is_absolute() {
+                source.clone()
+            } else {
+                bundle.join(source)
+            };
+            if !source.is_dir() {
+                return Err(refuse(format!(
+                    "bind source {} is not a directory (a VM can share directories only)",
+                    source.display()
+                )));
+            }
+            let tag = format!("vol{}", shares.len() - 1);
+            shares.push(Share {
+                tag: tag.clone(),
+                host_path: source,
+                readonly,
+            });
+            out.push(Mount {
+                destination,
+                source: MountSource::Share(tag),
+                options: Vec::new(),
+                readonly,
+            });
+        } else if GUEST_FS_TYPES.contains(&typ.as_str()) {
+            out.push(Mount {
+                destination,
+                source: MountSource::Fs(typ),
+                options,
+                readonly,
+            });
+        } else {
+            return Err(refuse(format!(
+                "type {typ:?} cannot be honoured inside a microVM"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn vcpus(cpu: Option<&oci_spec::runtime::LinuxCpu>) -> Result<u32, BundleError> {
+    let Some(cpu) = cpu else { return Ok(1) };
+    let mut n = 1u32;
+    if let (Some(quota), Some(period)) = (cpu.quota(), cpu.period()) {
+        if quota > 0 && period > 0 {
+            n = (quota as u64).div_ceil(period).min(u64::from(MAX_VCPUS)) as u32;
+        }
+    }
+    if let Some(cpus) = cpu.cpus().as_deref().filter(|c| !c.is_empty()) {
+        let count = cpuset_count(cpus).ok_or_else(|| BundleError::Cpu(format!("cpus {cpus:?}")))?;
+        if cpu.quota().unwrap_or(0) <= 0 {
+            n = count;
+        } else {
+            n = n.min(count);
+        }
+    }
+    Ok(n.clamp(1, MAX_VCPUS))
+}
+
+/// Number of CPUs in a cpuset list such as "0-2,5".
+fn cpuset_count(list: &str) -> Option<u32> {
+    let mut n = 0u32;
+    for part in list.split(',') {
+        let part = part.trim();
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+                if b < a {
+                    return None;
+                }
+                n = n.checked_add(b - a + 1)?;
+            }
+            None => {
+                part.parse::<u32>().ok()?;
+                n = n.checked_add(1)?;
+            }
+        }
+    }
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bundle(config: serde_json::Value) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("rootfs")).unwrap();
+        std::fs::create_dir(d.path().join("data")).unwrap();
+        std::fs::write(d.path().join("config.json"), config.to_string()).unwrap();
+        d
+    }
+
+    fn base() -> serde_json::Value {
+        json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 1000, "gid": 1000, "additionalGids": [50]},
+                "args": ["sh", "-c", "echo hi"],
+                "env": ["PATH=/bin", "A=b c=d"],
+                "cwd": "/tmp",
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512}],
+                "noNewPrivileges": true
+            },
+            "root": {"path": "rootfs", "readonly": true},
+            "hostname": "box",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"},
+                {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]},
+                {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind", "ro"]}
+            ],
+            "linux": {"resources": {
+                "memory": {"limit": 67108864},
+                "cpu": {"quota": 150000, "period": 100000},
+                "pids": {"limit": 100}
+            }}
+        })
+    }
+
+    #[test]
+    fn maps_process_root_and_resources() {
+        let b = bundle(base());
+        let p = load(b.path()).unwrap();
+        let run = &p.run;
+        assert_eq!(run.process.args, ["sh", "-c", "echo hi"]);
+        assert_eq!(run.process.env, ["PATH=/bin", "A=b c=d"]);
+        assert_eq!(run.process.cwd, "/tmp");
+        assert_eq!(run.process.user.uid, 1000);
+        assert_eq!(run.process.user.additional_gids, [50]);
+        assert_eq!(
+            run.process.rlimits,
+            [Rlimit {
+                resource: 7,
+                soft: 512,
+                hard: 1024
+            }]
+        );
+        assert!(run.process.no_new_privileges);
+        assert!(run.root.readonly);
+        assert_eq!(run.hostname, "box");
+        assert_eq!(run.memory_limit_bytes, Some(64 << 20));
+        assert_eq!(run.pids_limit, Some(100));
+        assert_eq!(p.memory_mib, 64 + GUEST_OVERHEAD_MIB);
+        assert_eq!(p.vcpus, 2);
+        assert_eq!(p.shares[0].tag, ROOTFS_TAG);
+        assert!(p.shares[0].readonly);
+    }
+
+    #[test]
+    fn mounts_become_shares_or_guest_filesystems() {
+        let b = bundle(base());
+        let p = load(b.path()).unwrap();
+        let m = &p.run.mounts;
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(m[0].source, MountSource::Fs("tmpfs".into()));
+        assert_eq!(m[0].options, ["size=1m"]);
+        assert_eq!(m[1].source, MountSource::Share("vol0".into()));
+        assert!(m[1].readonly);
+        assert_eq!(p.shares[1].tag, "vol0");
+        assert!(p.shares[1].readonly);
+        assert!(p.shares[1].host_path.ends_with("data"));
+    }
+
+    #[test]
+    fn unsupported_mounts_are_refused() {
+        let mut c = base();
+        c["mounts"] = json!([{"destination": "/x", "type": "nfs", "source": "srv:/x"}]);
+        let e = load(bundle(c).path()).unwrap_err();
+        assert!(e.to_string().contains("cannot be honoured"), "{e}");
+        let mut c = base();
+        c["mounts"] = json!([{"destination": "/x", "type": "bind", "source": "/nonexistent-mu2"}]);
+        assert!(matches!(
+            load(bundle(c).path()),
+            Err(BundleError::Mount { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_bundles_get_clear_errors() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(load(d.path()), Err(BundleError::NoConfig(_))));
+        std::fs::write(d.path().join("config.json"), "{ not json").unwrap();
+        let e = load(d.path()).unwrap_err();
+        assert!(matches!(e, BundleError::Malformed { .. }), "{e}");
+        std::fs::write(d.path().join("config.json"), base().to_string()).unwrap();
+        assert!(matches!(load(d.path()), Err(BundleError::NoRootfs(_))));
+        assert!(matches!(
+            load(&d.path().join("nope")),
+            Err(BundleError::NotADirectory(_))
+        ));
+        let mut c = base();
+        c["process"]["args"] = json!([]);
+        assert!(matches!(load(bundle(c).path()), Err(BundleError::NoArgs)));
+    }
+
+    #[test]
+    fn defaults_without_resources() {
+        let mut c = base();
+        c["linux"] = json!({});
+        let p = load(bundle(c).path()).unwrap();
+        assert_eq!(p.memory_mib, DEFAULT_MEMORY_MIB);
+        assert_eq!(p.vcpus, 1);
+        assert_eq!(p.run.memory_limit_bytes, None);
+    }
+
+    #[test]
+    fn cpusets_count() {
+        assert_eq!(cpuset_count("0-2,5"), Some(4));
+        assert_eq!(cpuset_count("3"), Some(1));
+        assert_eq!(cpuset_count("2-1"), None);
+        assert_eq!(cpuset_count("x"), None);
+    }
+}

@@ -1,0 +1,161 @@
+//! `VmSpec`: everything needed to start one single-use microVM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::accel::Accel;
+
+/// Guest RAM when config.json sets no memory limit.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+/// Smallest guest RAM that boots Debian's kernel with our initramfs.
+pub const MIN_MEMORY_MIB: u32 = 96;
+/// Largest guest RAM a spec may ask for.
+pub const MAX_MEMORY_MIB: u32 = 64 * 1024;
+/// Most vCPUs a spec may ask for.
+pub const MAX_VCPUS: u32 = 64;
+/// How long a VM may take from launch to the agent's Ready. A TCG boot
+/// takes ~3 s on an idle core; two VMs booting on a loaded 2-core host take
+/// several times that.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// TCG translation-cache size: QEMU's default costs ~240 MiB RSS per VM.
+pub const DEFAULT_TB_SIZE_MIB: u32 = 64;
+/// Most 9p shares a VM may have.
+pub const MAX_SHARES: usize = 32;
+
+/// A host directory exported to the guest over virtio-9p.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The 9p mount tag the guest mounts it by.
+    pub tag: String,
+    pub host_path: PathBuf,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Names the VM in QEMU's `-name` and in logs: `[A-Za-z0-9_.-]{1,64}`.
+    pub id: String,
+    pub qemu: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub accel: Accel,
+    pub shares: Vec<Share>,
+    pub ready_timeout: Duration,
+    pub tb_size_mib: u32,
+    /// Verbose guest console (`mu2.debug=1`) echoed to our stderr.
+    pub debug: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("invalid vm id {0:?}: use 1-64 characters of A-Z a-z 0-9 _ . -")]
+    Id(String),
+    #[error("guest memory of {0} MiB is outside {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB} MiB")]
+    Memory(u32),
+    #[error("{0} vCPUs is outside 1..={MAX_VCPUS}")]
+    Vcpus(u32),
+    #[error("invalid 9p share tag {0:?}: use 1-31 characters of a-z 0-9 _ . -")]
+    ShareTag(String),
+    #[error("9p share tag {0:?} is used twice")]
+    DuplicateTag(String),
+    #[error("{0} shares is more than {MAX_SHARES}")]
+    TooManyShares(usize),
+    #[error("share path {0} is not an absolute path to a directory")]
+    SharePath(PathBuf),
+}
+
+impl VmSpec {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= 64
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !id_ok {
+            return Err(SpecError::Id(self.id.clone()));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(SpecError::Memory(self.memory_mib));
+        }
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            return Err(SpecError::Vcpus(self.vcpus));
+        }
+        if self.shares.len() > MAX_SHARES {
+            return Err(SpecError::TooManyShares(self.shares.len()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.shares {
+            // Tags end up inside QEMU's comma-separated option syntax.
+            let tag_ok = !s.tag.is_empty()
+                && s.tag.len() <= 31
+                && s.tag
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+            if !tag_ok {
+                return Err(SpecError::ShareTag(s.tag.clone()));
+            }
+            if !seen.insert(&s.tag) {
+                return Err(SpecError::DuplicateTag(s.tag.clone()));
+            }
+            if !s.host_path.is_absolute() || !s.host_path.is_dir() {
+                return Err(SpecError::SharePath(s.host_path.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn spec() -> VmSpec {
+        VmSpec {
+            id: "t1".into(),
+            qemu: "qemu-system-x86_64".into(),
+            kernel: "/guest/vmlinux".into(),
+            initrd: "/guest/initrd.img".into(),
+            memory_mib: 256,
+            vcpus: 1,
+            accel: Accel::Tcg,
+            shares: vec![Share {
+                tag: "rootfs".into(),
+                host_path: "/".into(),
+                readonly: true,
+            }],
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            tb_size_mib: DEFAULT_TB_SIZE_MIB,
+            debug: false,
+        }
+    }
+
+    #[test]
+    fn valid_spec_passes() {
+        spec().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_fields_are_refused() {
+        let mut s = spec();
+        s.id = "a,b".into();
+        assert!(matches!(s.validate(), Err(SpecError::Id(_))));
+        let mut s = spec();
+        s.memory_mib = 8;
+        assert_eq!(s.validate(), Err(SpecError::Memory(8)));
+        let mut s = spec();
+        s.vcpus = 0;
+        assert_eq!(s.validate(), Err(SpecError::Vcpus(0)));
+        let mut s = spec();
+        s.shares[0].tag = "root,fs".into();
+        assert!(matches!(s.validate(), Err(SpecError::ShareTag(_))));
+        let mut s = spec();
+        s.shares.push(s.shares[0].clone());
+        assert!(matches!(s.validate(), Err(SpecError::DuplicateTag(_))));
+        let mut s = spec();
+        s.shares[0].host_path = "relative".into();
+        assert!(matches!(s.validate(), Err(SpecError::SharePath(_))));
+    }
+}

@@ -1,0 +1,397 @@
+//! One QEMU microvm process: launch, readiness, the agent channel, kill and
+//! reap.
+//!
+//! Channels are socketpairs: the VM's ends are inherited by QEMU as fd
+//! numbers (see [`crate::qemu`]), ours stay here. When QEMU exits, for any
+//! reason, every channel reads EOF, so no reader can hang on a dead VM.
+//! QEMU gets `PR_SET_PDEATHSIG(SIGKILL)`: if the owning process dies, the
+//! kernel kills the VMM (the signal follows the *thread* that spawned it, so
+//! launch from a thread that lives as long as the VM). Dropping a [`Vm`]
+//! kills and reaps it.
+
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mu2_protocol::{
+    check_version, read_msg, write_msg, FrameError, GuestMsg, HostMsg, ProtocolError, Ready,
+};
+
+use crate::console::ConsoleTail;
+use crate::qemu::{self, ChannelFds};
+use crate::spec::{SpecError, VmSpec};
+
+/// Lines of console shown in a boot-failure error.
+pub const CONSOLE_TAIL_LINES: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("invalid vm spec")]
+    Spec(#[from] SpecError),
+    #[error("cannot create the channels of vm {id}")]
+    Channel {
+        id: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start {qemu}")]
+    Spawn {
+        qemu: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("vm {id} was not ready within {timeout:?}; console tail:\n{console}")]
+    NotReady {
+        id: String,
+        timeout: Duration,
+        console: String,
+    },
+    #[error("vm {id} exited before it was ready ({status}); qemu said: {stderr}\nconsole tail:\n{console}")]
+    ExitedEarly {
+        id: String,
+        status: String,
+        stderr: String,
+        console: String,
+    },
+    #[error("agent of vm {id} broke the protocol")]
+    Protocol {
+        id: String,
+        #[source]
+        source: ProtocolError,
+    },
+    #[error("agent of vm {id} sent {got} where {want} was expected")]
+    Unexpected {
+        id: String,
+        got: String,
+        want: &'static str,
+    },
+}
+
+/// The VM's raw stdio streams.
+pub struct VmStdio {
+    pub stdin: UnixStream,
+    pub stdout: UnixStream,
+    pub stderr: UnixStream,
+}
+
+/// Sends control messages; cheap to clone and share between threads.
+#[derive(Clone)]
+pub struct ControlSender {
+    id: Arc<str>,
+    stream: Arc<Mutex<UnixStream>>,
+}
+
+impl ControlSender {
+    pub fn send(&self, msg: &HostMsg) -> Result<(), VmError> {
+        let mut s = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        write_msg(&mut *s, msg).map_err(|source| VmError::Protocol {
+            id: self.id.to_string(),
+            source,
+        })
+    }
+}
+
+pub struct Vm {
+    id: String,
+    child: Child,
+    reaped: Option<ExitStatus>,
+    control: UnixStream,
+    sender: ControlSender,
+    stdio: Option<VmStdio>,
+    console: ConsoleTail,
+    threads: Vec<JoinHandle<()>>,
+    ready: Ready,
+    boot_time: Duration,
+}
+
+struct Pair {
+    ours: UnixStream,
+    theirs: UnixStream,
+}
+
+fn pair(id: &str) -> Result<Pair, VmError> {
+    let (ours, theirs) = UnixStream::pair().map_err(|source| VmError::Channel {
+        id: id.to_string(),
+        source,
+    })?;
+    Ok(Pair { ours, theirs })
+}
+
+impl Vm {
+    /// Starts QEMU for `spec` and waits for the agent's Ready.
+    pub fn launch(spec: &VmSpec) -> Result<Vm, VmError> {
+        spec.validate()?;
+        let started = Instant::now();
+        let id = spec.id.clone();
+        let console = pair(&id)?;
+        let control = pair(&id)?;
+        let stdin = pair(&id)?;
+        let stdout = pair(&id)?;
+        let stderr = pair(&id)?;
+        let fds = ChannelFds {
+            console: console.theirs.as_raw_fd(),
+            control: control.theirs.as_raw_fd(),
+            stdin: stdin.theirs.as_raw_fd(),
+            stdout: stdout.theirs.as_raw_fd(),
+            stderr: stderr.theirs.as_raw_fd(),
+        };
+        let tsc = match spec.accel {
+            crate::Accel::Tcg => crate::accel::host_tsc_khz(),
+            crate::Accel::Kvm => None,
+        };
+        let args = qemu::command_line(spec, fds, tsc);
+        log::debug!("vm {id}: {} {}", spec.qemu.display(), args.join(" "));
+        let mut cmd = Command::new(&spec.qemu);
+        cmd.args(&args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        crate::sys::inherit_fds_and_die_with_parent(
+            &mut cmd,
+            vec![fds.console, fds.control, fds.stdin, fds.stdout, fds.stderr],
+        );
+        let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
+            qemu: spec.qemu.display().to_string(),
+            source,
+        })?;
+        // QEMU holds its ends now; ours must go so that QEMU's exit reads
+        // as EOF here.
+        drop((
+            console.theirs,
+            control.theirs,
+            stdin.theirs,
+            stdout.theirs,
+            stderr.theirs,
+        ));
+        let (console_tail, console_thread) = ConsoleTail::spawn(console.ours, spec.debug);
+        let qemu_stderr = child.stderr.take().map(read_to_tail);
+        let mut vm = Vm {
+            id: id.clone(),
+            child,
+            reaped: None,
+            sender: ControlSender {
+                id: id.clone().into(),
+                stream: Arc::new(Mutex::new(control.ours.try_clone().map_err(|source| {
+                    VmError::Channel {
+                        id: id.clone(),
+                        source,
+                    }
+                })?)),
+            },
+            control: control.ours,
+            stdio: Some(VmStdio {
+                stdin: stdin.ours,
+                stdout: stdout.ours,
+                stderr: stderr.ours,
+            }),
+            console: console_tail,
+            threads: vec![console_thread],
+            ready: Ready {
+                protocol_version: 0,
+                agent_version: String::new(),
+                kernel_release: String::new(),
+                uptime_ns: 0,
+            },
+            boot_time: Duration::ZERO,
+        };
+        match vm.await_ready(spec.ready_timeout, started) {
+            Ok(ready) => {
+                vm.ready = ready;
+                vm.boot_time = started.elapsed();
+                // The stderr reader ends with QEMU; keep its handle to join.
+                if let Some((_, h)) = qemu_stderr {
+                    vm.threads.push(h);
+                }
+                log::info!(
+                    "vm {id}: ready in {:?} (pid {}, kernel {})",
+                    vm.boot_time,
+                    vm.pid(),
+                    vm.ready.kernel_release
+                );
+                Ok(vm)
+            }
+            Err(e) => {
+                vm.kill();
+                let e = match e {
+                    VmError::ExitedEarly { id, status, .. } => VmError::ExitedEarly {
+                        id,
+                        status,
+                        stderr: qemu_stderr
+                            .map(|(tail, h)| {
+                                let _ = h.join();
+                                tail.tail(5)
+                            })
+                            .unwrap_or_default(),
+                        console: vm.console_tail(CONSOLE_TAIL_LINES),
+                    },
+                    VmError::NotReady { id, timeout, .. } => VmError::NotReady {
+                        id,
+                        timeout,
+                        console: vm.console_tail(CONSOLE_TAIL_LINES),
+                    },
+                    other => other,
+                };
+                Err(e)
+            }
+        }
+    }
+
+    fn await_ready(&mut self, timeout: Duration, started: Instant) -> Result<Ready, VmError> {
+        let remaining = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        let not_ready = || VmError::NotReady {
+            id: self.id.clone(),
+            timeout,
+            console: String::new(),
+        };
+        self.control
+            .set_read_timeout(Some(remaining))
+            .map_err(|source| VmError::Channel {
+                id: self.id.clone(),
+                source,
+            })?;
+        let msg = read_msg::<_, GuestMsg>(&mut self.control);
+        let _ = self.control.set_read_timeout(None);
+        match msg {
+            Ok(Some(GuestMsg::Ready(r))) => {
+                check_version(&r).map_err(|source| VmError::Protocol {
+                    id: self.id.clone(),
+                    source,
+                })?;
+                Ok(r)
+            }
+            Ok(Some(other)) => Err(VmError::Unexpected {
+                id: self.id.clone(),
+                got: format!("{other:?}"),
+                want: "Ready",
+            }),
+            Ok(None) => {
+                let status = self.wait_reaped();
+                Err(VmError::ExitedEarly {
+                    id: self.id.clone(),
+                    status: status.map(|s| s.to_string()).unwrap_or_default(),
+                    stderr: String::new(),
+                    console: String::new(),
+                })
+            }
+            Err(ProtocolError::Frame(FrameError::Io(e)))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(not_ready())
+            }
+            Err(source) => Err(VmError::Protocol {
+                id: self.id.clone(),
+                source,
+            }),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The QEMU process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn ready(&self) -> &Ready {
+        &self.ready
+    }
+
+    /// Wall time from launch to the agent's Ready.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// The VM's stdio streams; `None` after the first call.
+    pub fn take_stdio(&mut self) -> Option<VmStdio> {
+        self.stdio.take()
+    }
+
+    pub fn sender(&self) -> ControlSender {
+        self.sender.clone()
+    }
+
+    /// The next message from the agent; `Ok(None)` when the VM is gone.
+    pub fn recv(&mut self) -> Result<Option<GuestMsg>, VmError> {
+        read_msg(&mut self.control).map_err(|source| VmError::Protocol {
+            id: self.id.clone(),
+            source,
+        })
+    }
+
+    pub fn console_tail(&self, lines: usize) -> String {
+        self.console.tail(lines)
+    }
+
+    /// Waits up to `grace` for QEMU to end by itself (the guest powers off
+    /// when its process is done), then kills it. Returns QEMU's status.
+    pub fn finish(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(s)) => {
+                    self.reaped = Some(s);
+                    return Some(s);
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(_) => break,
+            }
+        }
+        log::warn!(
+            "vm {}: did not power off within {grace:?}; killing it",
+            self.id
+        );
+        self.kill();
+        self.reaped
+    }
+
+    /// SIGKILLs QEMU and reaps it. Idempotent.
+    pub fn kill(&mut self) {
+        if self.reaped.is_none() {
+            let _ = self.child.kill();
+            self.wait_reaped();
+        }
+    }
+
+    fn wait_reaped(&mut self) -> Option<ExitStatus> {
+        if self.reaped.is_none() {
+            self.reaped = self.child.wait().ok();
+        }
+        self.reaped
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn read_to_tail<R: Read + Send + 'static>(mut r: R) -> (ConsoleTail, JoinHandle<()>) {
+    let tail = ConsoleTail::default();
+    let t = tail.clone();
+    let h = std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            t.push(&buf[..n]);
+        }
+    });
+    (tail, h)
+}
