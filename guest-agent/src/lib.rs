@@ -1,0 +1,359 @@
+//! mu2's guest agent: runs one container process for the host.
+//!
+//! init starts the agent once the virtio modules are loaded. The agent
+//! opens the four virtio-serial ports, announces itself with `Ready`, takes
+//! exactly one `Run`, builds the container root ([`rootfs`]), the cgroup
+//! ([`cgroup`]) and stdio ([`stdio`]), starts the process ([`spawn`]),
+//! answers the host's control messages while it runs ([`control`]), and
+//! reports `Exit` once the process ended and all of its output reached the
+//! host. Then it exits and init powers the VM off: one VM, one process.
+//!
+//! Errors go to the console with a `mu2-agent:` prefix; everything else
+//! only with `mu2.debug=1` on the kernel command line (`MU2_DEBUG` from init).
+
+// `unsafe` lives in `sys` alone, one commented function per syscall.
+#![deny(unsafe_code)]
+
+pub mod cgroup;
+pub mod control;
+pub mod mountopts;
+pub mod paths;
+pub mod ports;
+pub mod rootfs;
+pub mod spawn;
+pub mod stdio;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod user;
+
+use std::error::Error;
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use mu2_protocol::{
+    read_msg, write_msg, Exit, FrameError, GuestMsg, HostMsg, ProtocolError, Ready, Run,
+    StartFailReason, PROTOCOL_VERSION,
+};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::ports::Ports;
+use crate::spawn::{ChildStdio, Plan, SpawnError};
+use crate::stdio::{AgentPipes, Pty};
+
+static DEBUG: AtomicBool = AtomicBool::new(false);
+
+/// Prints an error line on the console.
+pub fn log_error(msg: &str) {
+    eprintln!("mu2-agent: {msg}");
+}
+
+/// Prints a line on the console with `mu2.debug=1`.
+pub fn log_debug(msg: &str) {
+    if DEBUG.load(Ordering::Relaxed) {
+        eprintln!("mu2-agent: {msg}");
+    }
+}
+
+/// An error and its sources on one line.
+pub fn chain(e: &dyn Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Ports(#[from] ports::PortError),
+    #[error("cannot send {what} to the host")]
+    Send {
+        what: &'static str,
+        #[source]
+        source: ProtocolError,
+    },
+    #[error("cannot receive the Run request")]
+    Receive(#[source] ProtocolError),
+    #[error("the host closed the control port before sending Run")]
+    HostGone,
+    #[error("cannot duplicate the {what} descriptor")]
+    Dup {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the {what} thread")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Stdio(#[from] stdio::StdioError),
+    #[error("cannot wait for the container process {pid}")]
+    Wait {
+        pid: Pid,
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
+/// Why the process could not start, as reported in `StartFailed`.
+#[derive(Debug)]
+struct StartFailure {
+    reason: StartFailReason,
+    message: String,
+}
+
+impl StartFailure {
+    fn setup(step: &str, e: &dyn Error) -> Self {
+        StartFailure {
+            reason: StartFailReason::Setup,
+            message: format!("{step}: {}", chain(e)),
+        }
+    }
+}
+
+impl From<SpawnError> for StartFailure {
+    fn from(e: SpawnError) -> Self {
+        let reason = match &e {
+            SpawnError::NotFound(_) => StartFailReason::NotFound,
+            SpawnError::NotExecutable(_) => StartFailReason::NotExecutable,
+            _ => StartFailReason::Setup,
+        };
+        StartFailure {
+            reason,
+            message: chain(&e),
+        }
+    }
+}
+
+/// Runs the agent; returns its exit code.
+pub fn run() -> i32 {
+    DEBUG.store(
+        std::env::var("MU2_DEBUG").is_ok_and(|v| !v.is_empty() && v != "0"),
+        Ordering::Relaxed,
+    );
+    match serve() {
+        Ok(()) => 0,
+        Err(e) => {
+            log_error(&chain(&e));
+            1
+        }
+    }
+}
+
+fn send(control: &mut File, what: &'static str, msg: &GuestMsg) -> Result<(), AgentError> {
+    log_debug(&format!("send {msg:?}"));
+    write_msg(control, msg).map_err(|source| AgentError::Send { what, source })
+}
+
+fn serve() -> Result<(), AgentError> {
+    let Ports {
+        control,
+        stdin,
+        stdout,
+        stderr,
+    } = Ports::open()?;
+    let mut out = control;
+    let mut input = out.try_clone().map_err(|source| AgentError::Dup {
+        what: "control",
+        source,
+    })?;
+    send(&mut out, "Ready", &GuestMsg::Ready(ready()))?;
+
+    let run = match read_msg::<_, HostMsg>(&mut input) {
+        Ok(Some(HostMsg::Run(run))) => run,
+        Ok(None) => return Err(AgentError::HostGone),
+        Ok(Some(other)) => {
+            let message = format!("expected Run as the first message, got {other:?}");
+            return fail(&mut out, StartFailReason::Invalid, message);
+        }
+        Err(e @ ProtocolError::Frame(FrameError::Io(_))) => return Err(AgentError::Receive(e)),
+        Err(e) => return fail(&mut out, StartFailReason::Invalid, chain(&e)),
+    };
+    log_debug(&format!("run {run:?}"));
+
+    let started = match start(&run) {
+        Ok(s) => s,
+        Err(f) => return fail(&mut out, f.reason, f.message),
+    };
+    let pid = started.pid;
+    send(
+        &mut out,
+        "Started",
+        &GuestMsg::Started {
+            pid: pid.as_raw() as u32,
+        },
+    )?;
+
+    // Threads only now: the fork is behind us.
+    let (child_out, child_err, stdin_dst) = match started.stdio {
+        AgentStdio::Pipes(p) => (p.stdout, Some(p.stderr), p.stdin),
+        AgentStdio::Terminal(master) => {
+            let out = master.try_clone().map_err(|source| AgentError::Dup {
+                what: "terminal",
+                source,
+            })?;
+            let input = master.try_clone().map_err(|source| AgentError::Dup {
+                what: "terminal",
+                source,
+            })?;
+            (out, None, input)
+        }
+    };
+    let out_relay = stdio::spawn_output_relay("stdout", child_out, stdout)?;
+    let err_relay = match child_err {
+        Some(e) => Some(stdio::spawn_output_relay("stderr", e, stderr)?),
+        None => None,
+    };
+    let (stdin_ctl, _stdin_relay) = stdio::spawn_stdin_relay(stdin, stdin_dst)?;
+    control::spawn(
+        input,
+        control::Target {
+            pid,
+            pty: started.pty,
+            stdin: stdin_ctl,
+        },
+    )
+    .map_err(|source| AgentError::Thread {
+        what: "control",
+        source,
+    })?;
+
+    let (status, signal) = wait_exit(pid)?;
+    // The namespace died with its init, so every copy of the output pipes
+    // is closed and the relays reach EOF.
+    let stdout_bytes = out_relay.join().unwrap_or(0);
+    let stderr_bytes = err_relay.map(|h| h.join().unwrap_or(0)).unwrap_or(0);
+    let exit = Exit {
+        status,
+        signal,
+        oom_killed: started.cgroup.oom_killed(),
+        stdout_bytes,
+        stderr_bytes,
+    };
+    send(&mut out, "Exit", &GuestMsg::Exit(exit))
+}
+
+fn fail(out: &mut File, reason: StartFailReason, message: String) -> Result<(), AgentError> {
+    log_error(&format!("start failed ({reason:?}): {message}"));
+    send(
+        out,
+        "StartFailed",
+        &GuestMsg::StartFailed { reason, message },
+    )
+}
+
+fn ready() -> Ready {
+    let kernel_release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let uptime_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0);
+    Ready {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel_release,
+        uptime_ns,
+    }
+}
+
+enum AgentStdio {
+    Pipes(AgentPipes),
+    Terminal(File),
+}
+
+struct Started {
+    pid: Pid,
+    stdio: AgentStdio,
+    pty: Option<Arc<File>>,
+    cgroup: cgroup::Cgroup,
+}
+
+/// Builds the container and starts its process. Single-threaded.
+fn start(run: &Run) -> Result<Started, StartFailure> {
+    if !run.hostname.is_empty() {
+        nix::unistd::sethostname(&run.hostname)
+            .map_err(|e| StartFailure::setup("set the hostname", &e))?;
+    }
+    let prepared =
+        rootfs::prepare(run).map_err(|e| StartFailure::setup("set up the container root", &e))?;
+    let cgroup = cgroup::Cgroup::create(
+        Path::new(cgroup::ROOT),
+        run.memory_limit_bytes,
+        run.pids_limit,
+    )
+    .map_err(|e| StartFailure::setup("set up resource limits", &e))?;
+    let passwd = paths::resolve(&prepared.root, "/etc/passwd")
+        .ok()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let plan = Plan::new(
+        run,
+        prepared.root.clone(),
+        prepared.proc.clone(),
+        Some(cgroup.procs_file()),
+        passwd.as_deref(),
+    )?;
+
+    let p = &run.process;
+    let (child_stdio, agent_stdio, pty) = if p.terminal {
+        let (rows, cols) = p.console_size.map(|s| (s.rows, s.cols)).unwrap_or((0, 0));
+        let pts = prepared.root.join("dev/pts");
+        let pts = if prepared.dev_is_ours {
+            pts
+        } else {
+            "/dev/pts".into()
+        };
+        let pty = Pty::open(&pts, rows, cols)
+            .map_err(|e| StartFailure::setup("set up the terminal", &e))?;
+        if prepared.dev_is_ours {
+            rootfs::bind_console(&prepared.root, &pty.slave_path)
+                .map_err(|e| StartFailure::setup("set up /dev/console", &e))?;
+        }
+        let master = Arc::new(
+            pty.master
+                .try_clone()
+                .map_err(|e| StartFailure::setup("set up the terminal", &e))?,
+        );
+        (
+            ChildStdio::Terminal { slave: pty.slave },
+            AgentStdio::Terminal(pty.master),
+            Some(master),
+        )
+    } else {
+        let (child, agent) = stdio::pipes().map_err(|e| StartFailure::setup("set up stdio", &e))?;
+        (child, AgentStdio::Pipes(agent), None)
+    };
+    let pid = spawn::spawn(&plan, child_stdio)?;
+    log_debug(&format!("container process {pid} started"));
+    Ok(Started {
+        pid,
+        stdio: agent_stdio,
+        pty,
+        cgroup,
+    })
+}
+
+/// Waits for the process; returns (status, signal) as runc reports them.
+fn wait_exit(pid: Pid) -> Result<(i32, Option<i32>), AgentError> {
+    loop {
+        match sys::retry(|| waitpid(pid, None)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok((code, None)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                let n = sig as i32;
+                return Ok((128 + n, Some(n)));
+            }
+            Ok(_) => continue,
+            Err(source) => return Err(AgentError::Wait { pid, source }),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Component tests of `microvm` against the real QEMU and the installed
+//! guest image (TCG on the project's machines).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use mu2_microvm::spec::{DEFAULT_READY_TIMEOUT, DEFAULT_TB_SIZE_MIB};
+use mu2_microvm::{AccelChoice, GuestImage, Share, Vm, VmError, VmSpec};
+
+fn image() -> Option<GuestImage> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: microvm boot tests need root");
+        return None;
+    }
+    Some(GuestImage::locate(None).expect("guest image installed (scripts/install)"))
+}
+
+fn spec(id: &str, kernel: &Path, initrd: &Path) -> VmSpec {
+    VmSpec {
+        id: id.into(),
+        qemu: "qemu-system-x86_64".into(),
+        kernel: kernel.into(),
+        initrd: initrd.into(),
+        memory_mib: 256,
+        vcpus: 1,
+        accel: AccelChoice::Auto.resolve(),
+        shares: vec![Share {
+            tag: "rootfs".into(),
+            host_path: "/usr/share/doc".into(),
+            readonly: true,
+        }],
+        ready_timeout: DEFAULT_READY_TIMEOUT,
+        tb_size_mib: DEFAULT_TB_SIZE_MIB,
+        debug: false,
+    }
+}
+
+fn qemu_of(id: &str) -> Vec<u32> {
+    let needle = format!("mu2-{id}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmd)
+                .split('\0')
+                .any(|a| a == needle)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn boots_to_agent_ready_and_is_reaped_on_drop() {
+    let Some(img) = image() else { return };
+    let id = format!("boot-{}", std::process::id());
+    let vm = Vm::launch(&spec(&id, &img.kernel, &img.initrd)).expect("vm ready");
+    assert_eq!(vm.ready().protocol_version, mu2_protocol::PROTOCOL_VERSION);
+    assert!(vm.ready().kernel_release.ends_with("-amd64"));
+    assert!(vm.ready().uptime_ns > 0);
+    let pid = vm.pid();
+    assert_eq!(qemu_of(&id), vec![pid]);
+    drop(vm);
+    assert!(qemu_of(&id).is_empty(), "qemu survived its Vm");
+}
+
+#[test]
+fn a_kernel_panic_is_an_early_exit_with_the_console_tail() {
+    let Some(img) = image() else { return };
+    // An initramfs without /init: the kernel panics, and panic=-1 plus
+    // -no-reboot end QEMU.
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = cpio(dir.path(), &[]);
+    let id = format!("panic-{}", std::process::id());
+    let err = match Vm::launch(&spec(&id, &img.kernel, &initrd)) {
+        Err(e) => e,
+        Ok(_) => panic!("a guest without init became ready"),
+    };
+    match &err {
+        VmError::ExitedEarly { console, .. } => {
+            assert!(console.contains("Kernel panic"), "console tail: {console}")
+        }
+        other => panic!("expected ExitedEarly, got {other}"),
+    }
+    assert!(qemu_of(&id).is_empty());
+}
+
+#[test]
+fn a_guest_that_never_gets_ready_is_killed_at_the_deadline() {
+    let Some(img) = image() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let busybox = PathBuf::from("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "busybox-static is installed by scripts/install-deps"
+    );
+    let initrd = cpio(
+        dir.path(),
+        &[(
+            "init",
+            "#!/bin/busybox sh\n/bin/busybox echo mu2-test: stalling forever\nwhile :; do /bin/busybox sleep 1; done\n",
+        )],
+    );
+    let id = format!("stall-{}", std::process::id());
+    let mut s = spec(&id, &img.kernel, &initrd);
+    s.ready_timeout = Duration::from_secs(45);
+    let err = match Vm::launch(&s) {
+        Err(e) => e,
+        Ok(_) => panic!("a stalling guest became ready"),
+    };
+    match &err {
+        VmError::NotReady { console, .. } => {
+            assert!(
+                console.contains("stalling forever"),
+                "console tail: {console}"
+            )
+        }
+        other => panic!("expected NotReady, got {other}"),
+    }
+    assert!(qemu_of(&id).is_empty(), "qemu survived the deadline");
+}
+
+#[test]
+fn an_invalid_spec_starts_nothing() {
+    let Some(img) = image() else { return };
+    let mut s = spec("bad,id", &img.kernel, &img.initrd);
+    assert!(matches!(Vm::launch(&s), Err(VmError::Spec(_))));
+    s.id = "ok".into();
+    s.memory_mib = 1;
+    assert!(matches!(Vm::launch(&s), Err(VmError::Spec(_))));
+}
+
+/// Builds a newc initramfs in `dir` holding busybox and the given
+/// executable files.
+fn cpio(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    if !files.is_empty() {
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    }
+    for (name, text) in files {
+        let p = root.join(name);
+        std::fs::write(&p, text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = dir.join("initrd.img");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 > {}",
+            root.display(),
+            out.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cpio failed");
+    out
+}
