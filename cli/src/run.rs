@@ -66,6 +66,8 @@ pub enum RunError {
         got: u64,
         want: u64,
     },
+    #[error("cannot hold the stdin port open")]
+    Stdin(#[source] io::Error),
     #[error("cannot set up signal forwarding")]
     Signals(#[source] io::Error),
 }
@@ -142,13 +144,18 @@ pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
     let _raw = terminal.then(tty::RawMode::enter);
     let stdio = vm.take_stdio().expect("stdio is taken once");
     let sender = vm.sender();
-    // The stdin relay blocks on our stdin, which may never end: it is not
-    // joined; the process exits without it.
-    spawn_stdin_relay(stdio.stdin, sender.clone());
+    // Closing our end of the stdin port makes QEMU drop what it has not yet
+    // handed to the guest: this handle keeps it open until the VM is gone;
+    // the end of stdin is told by StdinClose instead.
+    let _stdin_keepalive = stdio.stdin.try_clone().map_err(RunError::Stdin)?;
     let out = spawn_output_relay(stdio.stdout, io::stdout());
     let err = spawn_output_relay(stdio.stderr, io::stderr());
     let t_run = Instant::now();
     sender.send(&HostMsg::Run(Box::new(plan.run)))?;
+    // Only after Run: the agent takes nothing else first. The relay blocks
+    // on our stdin, which may never end: it is not joined; the process
+    // exits without it.
+    spawn_stdin_relay(stdio.stdin, sender.clone());
     let outcome = await_exit(&mut vm);
     let run_time = t_run.elapsed();
     vm.finish(POWEROFF_GRACE);

@@ -44,6 +44,12 @@ pub enum InitError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot set sysctl {path}")]
+    Sysctl {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot start the agent {path}")]
     SpawnAgent {
         path: &'static str,
@@ -78,6 +84,11 @@ fn supervise(cmdline: &cmdline::Cmdline) -> Result<(), InitError> {
     mounts::mount_rest()?;
     kmod::load_all(debug)?;
     set_oom_score_adj("self", OOM_SCORE_ADJ_MIN)?;
+    // Always overcommit, as a large host effectively does: a container that
+    // mallocs more than the guest's RAM gets its memory and meets its
+    // cgroup's OOM killer (exit 137, as under runc) instead of ENOMEM from
+    // the small VM's heuristic.
+    sysctl(OVERCOMMIT_MEMORY, "1")?;
 
     let mut cmd = Command::new(AGENT_PATH);
     cmd.env_clear()
@@ -126,6 +137,12 @@ fn describe(status: WaitStatus) -> String {
         WaitStatus::Signaled(_, sig, _) => format!("killed by {sig}"),
         other => format!("{other:?}"),
     }
+}
+
+const OVERCOMMIT_MEMORY: &str = "/proc/sys/vm/overcommit_memory";
+
+fn sysctl(path: &'static str, value: &str) -> Result<(), InitError> {
+    std::fs::write(path, value).map_err(|source| InitError::Sysctl { path, source })
 }
 
 fn set_oom_score_adj(pid: &str, value: &str) -> Result<(), InitError> {
