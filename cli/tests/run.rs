@@ -330,3 +330,76 @@ fn a_missing_cwd_is_refused() {
         out.stderr_str()
     );
 }
+
+#[test]
+fn the_process_is_pid_1_with_its_rlimits_and_no_new_privs() {
+    let Some(base) = setup() else { return };
+    let mut b = TestBundle::new(
+        &base,
+        &[
+            "sh",
+            "-c",
+            "echo $$; mu2-probe rlimit nofile; mu2-probe nnp",
+        ],
+    );
+    b.config["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456}]);
+    b.config["process"]["noNewPrivileges"] = json!(true);
+    let out = run(&b);
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "1\n123 456\n1\n");
+}
+
+#[test]
+fn a_terminal_gets_a_pty_of_the_requested_size() {
+    let Some(base) = setup() else { return };
+    let mut b = TestBundle::new(&base, &["sh", "-c", "tty; mu2-probe winsize"]);
+    b.config["process"]["terminal"] = json!(true);
+    b.config["process"]["consoleSize"] = json!({"height": 33, "width": 111});
+    let out = run(&b);
+    assert_eq!(out.code(), 0, "output: {}", out.stdout_str());
+    // A pty turns "\n" into "\r\n".
+    assert_eq!(out.stdout_str(), "/dev/pts/0\r\n33 111\r\n");
+}
+
+#[test]
+fn bind_mounts_become_shares_and_tmpfs_is_made_in_the_guest() {
+    let Some(base) = setup() else { return };
+    let ro = tempfile::tempdir().unwrap();
+    let rw = tempfile::tempdir().unwrap();
+    std::fs::write(ro.path().join("in.txt"), "from the host\n").unwrap();
+    let mut b = TestBundle::new(
+        &base,
+        &[
+            "sh",
+            "-c",
+            "cat /in/in.txt; echo from the guest > /out/out.txt; \
+             touch /in/nope 2>/dev/null || echo ro refused; \
+             grep -c ' /scratch tmpfs ' /proc/mounts",
+        ],
+    );
+    b.config["mounts"] = json!([
+        {"destination": "/in", "type": "bind", "source": ro.path(), "options": ["rbind", "ro"]},
+        {"destination": "/out", "type": "bind", "source": rw.path(), "options": ["rbind", "rw"]},
+        {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]}
+    ]);
+    let out = run(&b);
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "from the host\nro refused\n1\n");
+    assert_eq!(
+        std::fs::read_to_string(rw.path().join("out.txt")).unwrap(),
+        "from the guest\n"
+    );
+    assert!(!ro.path().join("nope").exists());
+}
+
+#[test]
+fn two_vms_never_read_the_same_random_bytes() {
+    let Some(base) = setup() else { return };
+    let b = TestBundle::new(&base, &["mu2-probe", "urandom", "32"]);
+    let first = run(&b);
+    let second = run(&b);
+    assert_eq!(first.code(), 0, "stderr: {}", first.stderr_str());
+    assert_eq!(second.code(), 0, "stderr: {}", second.stderr_str());
+    assert_eq!(first.stdout.len(), 65);
+    assert_ne!(first.stdout, second.stdout);
+}
