@@ -403,3 +403,40 @@ fn two_vms_never_read_the_same_random_bytes() {
     assert_eq!(first.stdout.len(), 65);
     assert_ne!(first.stdout, second.stdout);
 }
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_stalled_reader_holds_the_guest_back_instead_of_filling_memory() {
+    let Some(base) = setup() else { return };
+    const MIB: usize = 64;
+    let b = TestBundle::new(&base, &["mu2-probe", "write-stdout", "64"]);
+    let id = unique_id("bp");
+    let dir = b.write();
+    let mut child = spawn(&id, dir, &[]);
+    let mut stdout = child.stdout.take().unwrap();
+    // Nobody reads for a while: the guest must block, not the host buffer.
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let rss = vm_rss_kib(child.id());
+    assert!(
+        rss < 48 * 1024,
+        "mu2 buffered guest output while its reader stalled: VmRSS {rss} KiB"
+    );
+    let mut got = Vec::with_capacity(MIB << 20);
+    std::io::Read::read_to_end(&mut stdout, &mut got).unwrap();
+    let status = wait_deadline(&mut child, RUN_DEADLINE);
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(got.len(), MIB << 20);
+    let want: Vec<u8> = (0..(MIB << 20))
+        .map(|i| (i.wrapping_mul(7).wrapping_add(i / 251)) as u8)
+        .collect();
+    assert!(got == want, "stdout differs from the probe's pattern");
+    assert_nothing_left(&id, dir);
+}
