@@ -149,7 +149,23 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, BundleError> {
 }
 
 fn process(spec: &Spec) -> Result<Process, BundleError> {
-    let p = spec.process().as_ref().ok_or(BundleError::NoProcess)?;
+    map_process(spec.process().as_ref().ok_or(BundleError::NoProcess)?)
+}
+
+/// Maps an OCI process given as JSON, as containerd sends an exec's
+/// process spec.
+pub fn process_from_json(json: &[u8]) -> Result<Process, BundleError> {
+    let p: oci_spec::runtime::Process =
+        serde_json::from_slice(json).map_err(|e| BundleError::Malformed {
+            path: PathBuf::from("<process spec>"),
+            reason: e.to_string(),
+        })?;
+    map_process(&p)
+}
+
+/// Maps an OCI process: the one mapping of config.json's `process` and of
+/// an exec's process spec.
+pub fn map_process(p: &oci_spec::runtime::Process) -> Result<Process, BundleError> {
     let args = p.args().clone().unwrap_or_default();
     if args.is_empty() || args[0].is_empty() {
         return Err(BundleError::NoArgs);
@@ -455,6 +471,20 @@ mod tests {
         assert_eq!(p.memory_mib, DEFAULT_MEMORY_MIB);
         assert_eq!(p.vcpus, 1);
         assert_eq!(p.run.memory_limit_bytes, None);
+    }
+
+    #[test]
+    fn exec_process_json_maps_like_config_process() {
+        let json = base()["process"].to_string();
+        let p = process_from_json(json.as_bytes()).unwrap();
+        let b = bundle(base());
+        assert_eq!(p, load(b.path()).unwrap().run.process);
+        assert!(matches!(
+            process_from_json(b"{"),
+            Err(BundleError::Malformed { .. })
+        ));
+        let e = process_from_json(br#"{"cwd": "/", "user": {"uid": 0, "gid": 0}, "args": []}"#);
+        assert!(matches!(e, Err(BundleError::NoArgs)), "{e:?}");
     }
 
     #[test]

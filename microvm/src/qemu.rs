@@ -188,6 +188,9 @@ pub fn kernel_cmdline(spec: &VmSpec, tsc_khz: Option<u64>) -> String {
     c.join(" ")
 }
 
+/// QEMU's built-in seccomp sandbox, everything denied that it can deny.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 /// The complete argument list (without the program name).
 pub fn command_line(spec: &VmSpec, fds: ChannelFds, tsc_khz: Option<u64>) -> Vec<String> {
     use mu2_protocol::port;
@@ -238,6 +241,10 @@ pub fn command_line(spec: &VmSpec, fds: ChannelFds, tsc_khz: Option<u64>) -> Vec
         "-no-user-config".into(),
         "-nographic".into(),
         "-no-reboot".into(),
+        // QEMU's own seccomp filter: no obsolete syscalls, no setuid or
+        // privilege changes, no fork/exec, no scheduler or resource tweaks.
+        "-sandbox".into(),
+        SANDBOX.into(),
     ];
     for o in opts {
         args.extend(o.args());
@@ -267,6 +274,11 @@ mod tests {
         let a = command_line(&spec(), FDS, None);
         assert!(has_pair(&a, "-M", "microvm"));
         assert!(has_pair(&a, "-name", "mu2-t1"));
+        assert!(has_pair(
+            &a,
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        ));
         for f in ["-nodefaults", "-no-user-config", "-no-reboot", "-nographic"] {
             assert!(a.iter().any(|x| x == f), "{f} missing");
         }

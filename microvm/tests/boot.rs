@@ -62,6 +62,26 @@ fn boots_to_agent_ready_and_is_reaped_on_drop() {
     assert!(vm.ready().uptime_ns > 0);
     let pid = vm.pid();
     assert_eq!(qemu_of(&id), vec![pid]);
+    // QEMU's own seccomp sandbox (-sandbox on,...) holds on every thread.
+    let mut threads = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+        assert!(
+            status.contains("\nSeccomp:\t2\n"),
+            "thread {:?}: {status}",
+            t.file_name()
+        );
+        assert!(
+            status.contains("\nNoNewPrivs:\t1\n"),
+            "thread {:?}",
+            t.file_name()
+        );
+        threads += 1;
+    }
+    assert!(threads > 1, "qemu runs vcpu and io threads");
     drop(vm);
     assert!(qemu_of(&id).is_empty(), "qemu survived its Vm");
 }
