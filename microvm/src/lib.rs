@@ -11,9 +11,11 @@
 //!
 //! [`oci`] maps an OCI bundle (config.json) to a VmSpec's resources and the
 //! agent's `Run` request; [`guest`] finds the installed guest image;
-//! [`accel`] decides between KVM and TCG.
+//! [`accel`] decides between KVM and TCG; [`cgroup`] holds each VMM in a
+//! host cgroup of its own (limits, statistics, pause).
 
 pub mod accel;
+pub mod cgroup;
 pub mod console;
 pub mod guest;
 pub mod oci;

@@ -30,14 +30,33 @@ pub(crate) fn die_with_parent() -> io::Result<()> {
     Ok(())
 }
 
-/// Makes `cmd`'s child keep `fds` open across exec and die with its parent.
-pub(crate) fn inherit_fds_and_die_with_parent(cmd: &mut std::process::Command, fds: Vec<RawFd>) {
+/// Moves the calling process into the cgroup whose `cgroup.procs` is open
+/// as `fd` (writing 0 names the writer). Called between fork and exec only.
+pub(crate) fn join_cgroup(fd: RawFd) -> io::Result<()> {
+    // SAFETY: write(2) reads one byte from a static buffer; an invalid fd
+    // yields EBADF, which we return.
+    if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes `cmd`'s child join the cgroups open as `cgroup_procs`, keep `fds`
+/// open across exec, and die with its parent.
+pub(crate) fn prepare_child(
+    cmd: &mut std::process::Command,
+    fds: Vec<RawFd>,
+    cgroup_procs: Vec<RawFd>,
+) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs between fork and exec and calls only fcntl
-    // and prctl, which are async-signal-safe; it allocates nothing (the Vec
-    // was allocated before the fork and is only read).
+    // SAFETY: the closure runs between fork and exec and calls only write,
+    // fcntl and prctl, which are async-signal-safe; it allocates nothing
+    // (the Vecs were allocated before the fork and are only read).
     unsafe {
         cmd.pre_exec(move || {
+            for &fd in &cgroup_procs {
+                join_cgroup(fd)?;
+            }
             for &fd in &fds {
                 clear_cloexec(fd)?;
             }

@@ -21,6 +21,7 @@ use mu2_protocol::{
     check_version, read_msg, write_msg, FrameError, GuestMsg, HostMsg, ProtocolError, Ready,
 };
 
+use crate::cgroup::{self, CgroupError, Limits, VmCgroup};
 use crate::console::ConsoleTail;
 use crate::qemu::{self, ChannelFds};
 use crate::spec::{SpecError, VmSpec};
@@ -32,6 +33,12 @@ pub const CONSOLE_TAIL_LINES: usize = 20;
 pub enum VmError {
     #[error("invalid vm spec")]
     Spec(#[from] SpecError),
+    #[error("cannot set up the host cgroup of vm {id}")]
+    Cgroup {
+        id: String,
+        #[source]
+        source: CgroupError,
+    },
     #[error("cannot create the channels of vm {id}")]
     Channel {
         id: String,
@@ -106,6 +113,8 @@ pub struct Vm {
     threads: Vec<JoinHandle<()>>,
     ready: Ready,
     boot_time: Duration,
+    // Last: dropped (removed) after Drop for Vm has reaped QEMU.
+    cgroup: VmCgroup,
 }
 
 struct Pair {
@@ -127,6 +136,12 @@ impl Vm {
         spec.validate()?;
         let started = Instant::now();
         let id = spec.id.clone();
+        let cgroup = VmCgroup::create(&id, Limits::for_vm(spec.memory_mib, spec.vcpus)).map_err(
+            |source| VmError::Cgroup {
+                id: id.clone(),
+                source,
+            },
+        )?;
         let console = pair(&id)?;
         let control = pair(&id)?;
         let stdin = pair(&id)?;
@@ -151,9 +166,10 @@ impl Vm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        crate::sys::inherit_fds_and_die_with_parent(
+        crate::sys::prepare_child(
             &mut cmd,
             vec![fds.console, fds.control, fds.stdin, fds.stdout, fds.stderr],
+            cgroup.procs_fds(),
         );
         let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
             qemu: spec.qemu.display().to_string(),
@@ -198,6 +214,7 @@ impl Vm {
                 uptime_ns: 0,
             },
             boot_time: Duration::ZERO,
+            cgroup,
         };
         match vm.await_ready(spec.ready_timeout, started) {
             Ok(ready) => {
@@ -356,6 +373,35 @@ impl Vm {
         self.reaped
     }
 
+    /// Pauses the whole VM (every VMM thread is frozen).
+    pub fn pause(&self) -> Result<(), VmError> {
+        self.cgroup.freeze().map_err(|source| VmError::Cgroup {
+            id: self.id.clone(),
+            source,
+        })
+    }
+
+    /// Resumes a paused VM.
+    pub fn resume(&self) -> Result<(), VmError> {
+        self.cgroup.thaw().map_err(|source| VmError::Cgroup {
+            id: self.id.clone(),
+            source,
+        })
+    }
+
+    /// CPU, memory and pids of the VMM's cgroup.
+    pub fn stats(&self) -> Result<cgroup::Stats, VmError> {
+        self.cgroup.stats().map_err(|source| VmError::Cgroup {
+            id: self.id.clone(),
+            source,
+        })
+    }
+
+    /// The host cgroup directories of the VMM.
+    pub fn cgroup_dirs(&self) -> &[std::path::PathBuf] {
+        self.cgroup.dirs()
+    }
+
     /// SIGKILLs QEMU and reaps it. Idempotent.
     pub fn kill(&mut self) {
         if self.reaped.is_none() {
@@ -378,6 +424,7 @@ impl Drop for Vm {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        self.cgroup.remove();
     }
 }
 

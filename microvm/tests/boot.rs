@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mu2_microvm::spec::{DEFAULT_READY_TIMEOUT, DEFAULT_TB_SIZE_MIB};
-use mu2_microvm::{AccelChoice, GuestImage, Share, Vm, VmError, VmSpec};
+use mu2_microvm::{cgroup, AccelChoice, GuestImage, Share, Vm, VmError, VmSpec};
 
 fn image() -> Option<GuestImage> {
     if !nix::unistd::geteuid().is_root() {
@@ -82,8 +82,56 @@ fn boots_to_agent_ready_and_is_reaped_on_drop() {
         threads += 1;
     }
     assert!(threads > 1, "qemu runs vcpu and io threads");
+    // The VMM runs in its own host cgroup, with the limits of its spec.
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        cgroups.contains(&format!("/mu2/{id}")),
+        "qemu is not in its cgroup: {cgroups}"
+    );
+    let stats = vm.stats().unwrap();
+    assert!(
+        stats.memory_usage_bytes > 0 && stats.cpu_usage_ns > 0,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.memory_limit_bytes,
+        (256 + cgroup::VMM_OVERHEAD_MIB) << 20
+    );
+    let dirs = vm.cgroup_dirs().to_vec();
+    assert!(dirs.iter().all(|d| d.is_dir()));
     drop(vm);
     assert!(qemu_of(&id).is_empty(), "qemu survived its Vm");
+    for d in dirs {
+        assert!(!d.exists(), "cgroup {} survived its Vm", d.display());
+    }
+}
+
+#[test]
+fn pause_freezes_the_vmm_and_resume_lets_it_run() {
+    let Some(img) = image() else { return };
+    let id = format!("pause-{}", std::process::id());
+    let vm = Vm::launch(&spec(&id, &img.kernel, &img.initrd)).expect("vm ready");
+    vm.pause().unwrap();
+    // Give the freezer a moment to catch every thread, then no CPU at all.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = vm.stats().unwrap().cpu_usage_ns;
+    std::thread::sleep(Duration::from_millis(700));
+    let after = vm.stats().unwrap().cpu_usage_ns;
+    assert_eq!(before, after, "a paused VMM used CPU");
+    vm.resume().unwrap();
+    // The guest's timer ticks use CPU again once it runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while vm.stats().unwrap().cpu_usage_ns == after {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the VMM never resumed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dirs = vm.cgroup_dirs().to_vec();
+    drop(vm);
+    assert!(qemu_of(&id).is_empty());
+    assert!(dirs.iter().all(|d| !d.exists()));
 }
 
 #[test]
@@ -140,6 +188,7 @@ fn a_guest_that_never_gets_ready_is_killed_at_the_deadline() {
         other => panic!("expected NotReady, got {other}"),
     }
     assert!(qemu_of(&id).is_empty(), "qemu survived the deadline");
+    assert!(cgroup::paths_for(&id).iter().all(|d| !d.exists()));
 }
 
 #[test]

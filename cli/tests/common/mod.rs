@@ -207,6 +207,9 @@ pub fn assert_nothing_left(id: &str, bundle: &Path) {
         assert!(Instant::now() < end, "VM processes left behind: {procs:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    for dir in mu2_microvm::cgroup::paths_for(id) {
+        assert!(!dir.exists(), "cgroup {} left behind", dir.display());
+    }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let b = bundle.display().to_string();
     for line in mountinfo.lines() {
