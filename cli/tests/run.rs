@@ -219,9 +219,20 @@ fn hostname_is_set() {
 #[test]
 fn read_only_root_refuses_writes() {
     let Some(base) = setup() else { return };
-    let mut b = TestBundle::new(&base, &["sh", "-c", "echo x > /probe-file"]);
+    // /run is not in the image: its mount point is made (as runc makes it)
+    // without the root becoming writable.
+    let mut b = TestBundle::new(
+        &base,
+        &[
+            "sh",
+            "-c",
+            "echo ok > /run/tmpfile && cat /run/tmpfile; echo x > /probe-file",
+        ],
+    );
     b.config["root"]["readonly"] = json!(true);
+    b.config["mounts"] = json!([{"destination": "/run", "type": "tmpfs", "source": "tmpfs"}]);
     let out = run(&b);
+    assert_eq!(out.stdout_str(), "ok\n");
     assert_ne!(out.code(), 0);
     assert!(
         out.stderr_str().contains("Read-only file system"),

@@ -51,8 +51,6 @@ pub enum RootfsError {
         #[source]
         source: io::Error,
     },
-    #[error("mount point {destination} does not exist in the read-only container root")]
-    MissingMountPoint { destination: String },
     #[error(transparent)]
     Path(#[from] PathError),
 }
@@ -92,21 +90,14 @@ pub fn prepare(run: &Run) -> Result<Prepared, RootfsError> {
     let mut dev_is_ours = false;
     for fs in defaults {
         if fs.fstype == "proc" {
-            let target =
-                mount_point(&root, &fs.destination, run.root.readonly, true)?.ok_or_else(|| {
-                    RootfsError::MissingMountPoint {
-                        destination: fs.destination.clone(),
-                    }
-                })?;
+            let target = mount_point(&root, &fs.destination)?;
             proc = Some(ProcMount {
                 target,
                 opts: fs.opts,
             });
             continue;
         }
-        let Some(target) = mount_point(&root, &fs.destination, run.root.readonly, false)? else {
-            continue;
-        };
+        let target = mount_point(&root, &fs.destination)?;
         do_mount(&fs.fstype, &target, &fs.opts)?;
         if fs.destination == "/dev" && fs.fstype == "tmpfs" {
             populate_dev(&target)?;
@@ -114,7 +105,17 @@ pub fn prepare(run: &Run) -> Result<Prepared, RootfsError> {
         }
     }
     for m in extra {
-        mount_extra(&root, m, run.root.readonly)?;
+        mount_extra(&root, m)?;
+    }
+    if run.root.readonly {
+        mount_raw(
+            "none",
+            &root,
+            "",
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+            "the read-only root",
+        )?;
     }
     let proc = proc.expect("the defaults always hold /proc");
     Ok(Prepared {
@@ -197,6 +198,10 @@ fn normalize(dest: &str) -> String {
     }
 }
 
+/// The image root under a tmpfs overlay. A read-only root gets the overlay
+/// too, so that mount points missing from the image can be made (runc
+/// creates them in the image itself); [`prepare`] remounts it read-only once
+/// everything is mounted.
 fn mount_root(base: &Path, root: &Path, spec: &Root) -> Result<(), RootfsError> {
     let lower = base.join("lower");
     mkdir(&lower)?;
@@ -211,25 +216,6 @@ fn mount_root(base: &Path, root: &Path, spec: &Root) -> Result<(), RootfsError> 
         Some(&data),
         &format!("9p share {}", spec.share_tag),
     )?;
-    if spec.readonly {
-        mount_raw(
-            &lower.to_string_lossy(),
-            root,
-            "",
-            MsFlags::MS_BIND,
-            None,
-            "the read-only root",
-        )?;
-        mount_raw(
-            "none",
-            root,
-            "",
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-            "the read-only root",
-        )?;
-        return Ok(());
-    }
     let rw = base.join("rw");
     mkdir(&rw)?;
     mount_raw(
@@ -269,36 +255,22 @@ fn mount_root(base: &Path, root: &Path, spec: &Root) -> Result<(), RootfsError> 
     )
 }
 
-/// Resolves and, if needed, creates the mount point of `destination`.
-/// `Ok(None)`: it does not exist in a read-only root and is optional.
-fn mount_point(
-    root: &Path,
-    destination: &str,
-    readonly_root: bool,
-    required: bool,
-) -> Result<Option<PathBuf>, RootfsError> {
+/// Resolves and, if needed, creates the mount point of `destination` (in
+/// the overlay's upper layer, so the image is never changed).
+fn mount_point(root: &Path, destination: &str) -> Result<PathBuf, RootfsError> {
     let target = paths::resolve(root, destination)?;
     if target.is_dir() {
-        return Ok(Some(target));
+        return Ok(target);
     }
-    match std::fs::create_dir_all(&target) {
-        Ok(()) => Ok(Some(target)),
-        Err(_) if readonly_root && !required => Ok(None),
-        Err(e) if readonly_root && e.raw_os_error() == Some(libc::EROFS) => {
-            Err(RootfsError::MissingMountPoint {
-                destination: destination.into(),
-            })
-        }
-        Err(source) => Err(RootfsError::Mkdir {
-            path: target,
-            source,
-        }),
-    }
+    std::fs::create_dir_all(&target).map_err(|source| RootfsError::Mkdir {
+        path: target.clone(),
+        source,
+    })?;
+    Ok(target)
 }
 
-fn mount_extra(root: &Path, m: &Mount, readonly_root: bool) -> Result<(), RootfsError> {
-    let target = mount_point(root, &m.destination, readonly_root, true)?
-        .expect("required mount points are never skipped");
+fn mount_extra(root: &Path, m: &Mount) -> Result<(), RootfsError> {
+    let target = mount_point(root, &m.destination)?;
     match &m.source {
         MountSource::Fs(t) => do_mount(
             fs_type(t),

@@ -15,6 +15,8 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Name of the parent cgroup of all VMMs.
@@ -184,8 +186,8 @@ pub struct VmCgroup {
     /// only the per-VM leaves are removed.
     dirs: Vec<PathBuf>,
     /// Open `cgroup.procs` files QEMU writes 0 to before exec.
-    procs: Vec<OwnedFd>,
-    removed: bool,
+    procs: Mutex<Vec<OwnedFd>>,
+    removed: AtomicBool,
 }
 
 impl VmCgroup {
@@ -196,8 +198,8 @@ impl VmCgroup {
         let mut cg = VmCgroup {
             layout: layout(&mountinfo)?,
             dirs: Vec::new(),
-            procs: Vec::new(),
-            removed: false,
+            procs: Mutex::new(Vec::new()),
+            removed: AtomicBool::new(false),
         };
         // On error, `cg` drops and removes the directories made so far.
         cg.make(id, limits)?;
@@ -238,7 +240,10 @@ impl VmCgroup {
                 value: String::new(),
                 source,
             })?;
-        self.procs.push(f.into());
+        self.procs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(f.into());
         Ok(())
     }
 
@@ -295,7 +300,12 @@ impl VmCgroup {
 
     /// The raw fds of the `cgroup.procs` files, for the child to join.
     pub(crate) fn procs_fds(&self) -> Vec<RawFd> {
-        self.procs.iter().map(|f| f.as_raw_fd()).collect()
+        self.procs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|f| f.as_raw_fd())
+            .collect()
     }
 
     /// The cgroup directories (one on v2, one per hierarchy on v1).
@@ -373,12 +383,11 @@ impl VmCgroup {
     /// Removes the cgroup directories. The VMM must be gone (reaped); a
     /// cgroup whose last task just exited can take a moment to empty, so
     /// this retries briefly.
-    pub fn remove(&mut self) {
-        if self.removed {
+    pub fn remove(&self) {
+        if self.removed.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.removed = true;
-        self.procs.clear();
+        self.procs.lock().unwrap_or_else(|e| e.into_inner()).clear();
         // A frozen cgroup must be thawed for its dying tasks to leave.
         let _ = self.thaw();
         for dir in &self.dirs {

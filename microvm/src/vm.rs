@@ -113,8 +113,9 @@ pub struct Vm {
     threads: Vec<JoinHandle<()>>,
     ready: Ready,
     boot_time: Duration,
-    // Last: dropped (removed) after Drop for Vm has reaped QEMU.
-    cgroup: VmCgroup,
+    // Removed by Drop for Vm once QEMU is reaped; shared with
+    // [`CgroupHandle`]s, which then fail.
+    cgroup: Arc<VmCgroup>,
 }
 
 struct Pair {
@@ -214,7 +215,7 @@ impl Vm {
                 uptime_ns: 0,
             },
             boot_time: Duration::ZERO,
-            cgroup,
+            cgroup: Arc::new(cgroup),
         };
         match vm.await_ready(spec.ready_timeout, started) {
             Ok(ready) => {
@@ -373,28 +374,28 @@ impl Vm {
         self.reaped
     }
 
+    /// A handle on the VMM's cgroup (pause, resume, stats) that other
+    /// threads may hold while this Vm is busy; it outlives the VM harmlessly.
+    pub fn cgroup_handle(&self) -> CgroupHandle {
+        CgroupHandle {
+            id: self.id.clone(),
+            cgroup: Arc::clone(&self.cgroup),
+        }
+    }
+
     /// Pauses the whole VM (every VMM thread is frozen).
     pub fn pause(&self) -> Result<(), VmError> {
-        self.cgroup.freeze().map_err(|source| VmError::Cgroup {
-            id: self.id.clone(),
-            source,
-        })
+        self.cgroup_handle().pause()
     }
 
     /// Resumes a paused VM.
     pub fn resume(&self) -> Result<(), VmError> {
-        self.cgroup.thaw().map_err(|source| VmError::Cgroup {
-            id: self.id.clone(),
-            source,
-        })
+        self.cgroup_handle().resume()
     }
 
     /// CPU, memory and pids of the VMM's cgroup.
     pub fn stats(&self) -> Result<cgroup::Stats, VmError> {
-        self.cgroup.stats().map_err(|source| VmError::Cgroup {
-            id: self.id.clone(),
-            source,
-        })
+        self.cgroup_handle().stats()
     }
 
     /// The host cgroup directories of the VMM.
@@ -406,6 +407,8 @@ impl Vm {
     pub fn kill(&mut self) {
         if self.reaped.is_none() {
             let _ = self.child.kill();
+            // A frozen (paused) VMM does not die until it is thawed.
+            let _ = self.cgroup.thaw();
             self.wait_reaped();
         }
     }
@@ -425,6 +428,37 @@ impl Drop for Vm {
             let _ = t.join();
         }
         self.cgroup.remove();
+    }
+}
+
+/// Pause, resume and statistics of a VM, usable from any thread.
+#[derive(Clone)]
+pub struct CgroupHandle {
+    id: String,
+    cgroup: Arc<VmCgroup>,
+}
+
+impl CgroupHandle {
+    fn map(&self, r: Result<(), CgroupError>) -> Result<(), VmError> {
+        r.map_err(|source| VmError::Cgroup {
+            id: self.id.clone(),
+            source,
+        })
+    }
+
+    pub fn pause(&self) -> Result<(), VmError> {
+        self.map(self.cgroup.freeze())
+    }
+
+    pub fn resume(&self) -> Result<(), VmError> {
+        self.map(self.cgroup.thaw())
+    }
+
+    pub fn stats(&self) -> Result<cgroup::Stats, VmError> {
+        self.cgroup.stats().map_err(|source| VmError::Cgroup {
+            id: self.id.clone(),
+            source,
+        })
     }
 }
 

@@ -1,0 +1,3 @@
+fn main() {
+    mu2_shim::shim::main();
+}

@@ -1,0 +1,630 @@
+//! The Task service: containerd's ttrpc API, one VM per task and per exec.
+//!
+//! Create parses the bundle, mounts the rootfs containerd prepared and boots
+//! the task's VM; Start hands the agent its process. Exec boots another VM
+//! on the same rootfs (read-only, with its own tmpfs upper layer inside the
+//! guest: it sees none of the task's writes) and Start(exec_id) runs the
+//! exec's process in it. Kill becomes a signal to the agent; Wait blocks on
+//! the process's exit; Delete reports it and cleans up.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use containerd_shim::api::{
+    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
+    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PidsRequest,
+    PidsResponse, ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
+    StateResponse, StatsRequest, StatsResponse, WaitRequest, WaitResponse,
+};
+use containerd_shim::protos::shim::shim::{
+    CheckpointTaskRequest, PauseRequest, ResumeRequest, UpdateTaskRequest,
+};
+use containerd_shim::protos::types::task::{ProcessInfo, Status as ApiStatus};
+use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
+use mu2_microvm::oci::{self, Plan};
+use mu2_microvm::spec::{DEFAULT_READY_TIMEOUT, DEFAULT_TB_SIZE_MIB};
+use mu2_microvm::{AccelChoice, GuestImage, VmSpec};
+
+use crate::error::ShimError;
+use crate::events::{timestamp, Event, Events};
+use crate::process::{Launch, Process, Status, StdioPaths};
+
+/// Environment: the QEMU binary (default `qemu-system-x86_64`).
+pub const QEMU_ENV: &str = "MU2_QEMU";
+/// Environment: `auto`, `kvm` or `tcg`.
+pub const ACCEL_ENV: &str = "MU2_ACCEL";
+
+struct Container {
+    id: String,
+    bundle: PathBuf,
+    plan: Plan,
+    image: GuestImage,
+    init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// The same execs, for the init's owner to end when the init exits.
+    exec_list: Arc<Mutex<Vec<Arc<Process>>>>,
+    rootfs_mounted: bool,
+}
+
+impl Container {
+    fn process(&self, exec_id: &str) -> Result<Arc<Process>, ShimError> {
+        if exec_id.is_empty() {
+            return Ok(Arc::clone(&self.init));
+        }
+        self.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id} of task {}", self.id)))
+    }
+}
+
+pub struct TaskService {
+    events: Events,
+    exit: Arc<ExitSignal>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+}
+
+/// A VM id from containerd's ids: `[A-Za-z0-9_.-]{1,64}`.
+fn vm_id(id: &str, exec_id: &str) -> String {
+    let raw = if exec_id.is_empty() {
+        id.to_string()
+    } else {
+        format!("{id}.{exec_id}")
+    };
+    let mut s: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.len() > 64 {
+        // Keep the end: exec ids tell execs of one task apart.
+        s = s[s.len() - 64..].to_string();
+    }
+    if s.is_empty() {
+        s.push('_');
+    }
+    s
+}
+
+fn vm_spec(id: String, plan: &Plan, image: &GuestImage) -> VmSpec {
+    let accel: AccelChoice = std::env::var(ACCEL_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    VmSpec {
+        id,
+        qemu: std::env::var_os(QEMU_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64")),
+        kernel: image.kernel.clone(),
+        initrd: image.initrd.clone(),
+        memory_mib: plan.memory_mib,
+        vcpus: plan.vcpus,
+        accel: accel.resolve(),
+        shares: plan.shares.clone(),
+        ready_timeout: DEFAULT_READY_TIMEOUT,
+        tb_size_mib: DEFAULT_TB_SIZE_MIB,
+        debug: false,
+    }
+}
+
+fn mount_rootfs(req: &CreateTaskRequest, bundle: &Path) -> Result<bool, ShimError> {
+    if req.rootfs.is_empty() {
+        return Ok(false);
+    }
+    let target = bundle.join("rootfs");
+    std::fs::create_dir_all(&target).map_err(|source| ShimError::Io {
+        path: target.clone(),
+        source,
+    })?;
+    for m in &req.rootfs {
+        if let Err(source) = crate::mount::mount_one(&m.type_, &m.source, &m.options, &target) {
+            crate::mount::unmount_rootfs(bundle);
+            return Err(ShimError::Mount {
+                id: req.id.clone(),
+                target,
+                source,
+            });
+        }
+    }
+    Ok(true)
+}
+
+impl TaskService {
+    pub fn new(events: Events, exit: Arc<ExitSignal>) -> TaskService {
+        TaskService {
+            events,
+            exit,
+            containers: Mutex::default(),
+        }
+    }
+
+    fn containers(&self) -> MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>, ShimError> {
+        self.containers()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(format!("task {id}")))
+    }
+
+    fn do_create(&self, req: &CreateTaskRequest) -> Result<u32, ShimError> {
+        if self.containers().contains_key(&req.id) {
+            return Err(ShimError::AlreadyExists(format!("task {}", req.id)));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::Unimplemented(
+                "restoring from a checkpoint is not supported by mu2",
+            ));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let image = GuestImage::locate(None)?;
+        let rootfs_mounted = mount_rootfs(req, &bundle)?;
+        let result = self.boot_container(req, &bundle, image, rootfs_mounted);
+        if result.is_err() && rootfs_mounted {
+            crate::mount::unmount_rootfs(&bundle);
+        }
+        result
+    }
+
+    fn boot_container(
+        &self,
+        req: &CreateTaskRequest,
+        bundle: &Path,
+        image: GuestImage,
+        rootfs_mounted: bool,
+    ) -> Result<u32, ShimError> {
+        let mut plan = oci::load(bundle)?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        plan.run.process.terminal = req.terminal;
+        let exec_list = Arc::new(Mutex::new(Vec::new()));
+        let init = Process::launch(Launch {
+            container_id: req.id.clone(),
+            exec_id: String::new(),
+            spec: vm_spec(vm_id(&req.id, ""), &plan, &image),
+            run: plan.run.clone(),
+            stdio: stdio.clone(),
+            events: self.events.clone(),
+            dependents: Some(Arc::clone(&exec_list)),
+        })?;
+        let pid = init.pid;
+        let c = Arc::new(Container {
+            id: req.id.clone(),
+            bundle: bundle.to_path_buf(),
+            plan,
+            image,
+            init,
+            execs: Mutex::default(),
+            exec_list,
+            rootfs_mounted,
+        });
+        self.containers().insert(req.id.clone(), c);
+        self.events.send(Event::Create {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            stdin: stdio.stdin,
+            stdout: stdio.stdout,
+            stderr: stdio.stderr,
+            terminal: stdio.terminal,
+            pid,
+        });
+        Ok(pid)
+    }
+
+    fn do_exec(&self, req: &ExecProcessRequest) -> Result<(), ShimError> {
+        let c = self.container(&req.id)?;
+        if req.exec_id.is_empty() {
+            return Err(ShimError::InvalidArgument("exec id is empty".into()));
+        }
+        match c.init.status() {
+            Status::Created | Status::Running => {}
+            other => {
+                return Err(ShimError::State {
+                    op: "exec in",
+                    what: format!("task {}", c.id),
+                    state: other.name(),
+                })
+            }
+        }
+        if c.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&req.exec_id)
+        {
+            return Err(ShimError::AlreadyExists(format!(
+                "exec {} of task {}",
+                req.exec_id, c.id
+            )));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| ShimError::InvalidArgument("exec without a process spec".into()))?;
+        let mut run = c.plan.run.clone();
+        run.process = oci::process_from_json(&spec.value)?;
+        run.process.terminal = req.terminal;
+        let proc = Process::launch(Launch {
+            container_id: c.id.clone(),
+            exec_id: req.exec_id.clone(),
+            spec: vm_spec(vm_id(&c.id, &req.exec_id), &c.plan, &c.image),
+            run,
+            stdio: StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            },
+            events: self.events.clone(),
+            dependents: None,
+        })?;
+        c.exec_list
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&proc));
+        c.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(req.exec_id.clone(), proc);
+        self.events.send(Event::ExecAdded {
+            id: c.id.clone(),
+            exec_id: req.exec_id.clone(),
+        });
+        Ok(())
+    }
+
+    fn do_delete(&self, req: &DeleteRequest) -> Result<DeleteResponse, ShimError> {
+        let c = self.container(&req.id)?;
+        let proc = c.process(&req.exec_id)?;
+        if proc.status() == Status::Created {
+            // Never started: end its VM first, as runc deletes a created
+            // container.
+            proc.force_end();
+        }
+        let (code, at) = proc.mark_deleted()?;
+        if req.exec_id.is_empty() {
+            let execs: Vec<_> = c
+                .execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+                .map(|(_, p)| p)
+                .collect();
+            for p in execs {
+                p.force_end();
+            }
+            if c.rootfs_mounted {
+                crate::mount::unmount_rootfs(&c.bundle);
+            }
+            self.containers().remove(&req.id);
+            self.events.send(Event::Delete {
+                id: c.id.clone(),
+                pid: proc.pid,
+                status: code,
+                at,
+            });
+            log::info!("task {}: deleted", c.id);
+        } else {
+            c.execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&req.exec_id);
+            c.exec_list
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|p| !Arc::ptr_eq(p, &proc));
+        }
+        Ok(DeleteResponse {
+            pid: proc.pid,
+            exit_status: code,
+            exited_at: Some(timestamp(at)).into(),
+            ..Default::default()
+        })
+    }
+
+    /// Pauses (or resumes) every VM of the task: its init's and its execs'.
+    fn do_pause(&self, id: &str, pause: bool) -> Result<Empty, ShimError> {
+        let c = self.container(id)?;
+        let mut procs = vec![Arc::clone(&c.init)];
+        procs.extend(
+            c.execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .filter(|p| p.status() == Status::Running)
+                .cloned(),
+        );
+        for p in &procs {
+            if pause {
+                p.pause()?;
+            } else {
+                p.resume()?;
+            }
+        }
+        log::info!("task {id}: {}", if pause { "paused" } else { "resumed" });
+        self.events.send(if pause {
+            Event::Paused { id: id.to_string() }
+        } else {
+            Event::Resumed { id: id.to_string() }
+        });
+        Ok(Empty::new())
+    }
+
+    /// The task VMM's cgroup figures, as containerd's cgroups v1 Metrics.
+    fn do_stats(&self, req: &StatsRequest) -> Result<StatsResponse, ShimError> {
+        use containerd_shim::protos::cgroups::metrics::{
+            CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
+        };
+        use containerd_shim::protos::protobuf::{well_known_types::any::Any, Message};
+        let c = self.container(&req.id)?;
+        let s = c.init.stats()?;
+        let metrics = Metrics {
+            cpu: Some(CPUStat {
+                usage: Some(CPUUsage {
+                    total: s.cpu_usage_ns,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            memory: Some(MemoryStat {
+                usage: Some(MemoryEntry {
+                    usage: s.memory_usage_bytes,
+                    limit: s.memory_limit_bytes,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            pids: Some(PidsStat {
+                current: s.pids_current,
+                limit: mu2_microvm::cgroup::VMM_PIDS_MAX,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let value = metrics
+            .write_to_bytes()
+            .map_err(|e| ShimError::InvalidArgument(format!("cannot encode metrics: {e}")))?;
+        Ok(StatsResponse {
+            stats: Some(Any {
+                type_url: "io.containerd.cgroups.v1.Metrics".into(),
+                value,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
+    }
+
+    fn do_state(&self, req: &StateRequest) -> Result<StateResponse, ShimError> {
+        let c = self.container(&req.id)?;
+        let proc = c.process(&req.exec_id)?;
+        let (status, exit_status, exited_at) = match proc.status() {
+            Status::Created => (ApiStatus::CREATED, 0, None),
+            Status::Running if proc.is_paused() => (ApiStatus::PAUSED, 0, None),
+            Status::Running => (ApiStatus::RUNNING, 0, None),
+            Status::Exited { code, at } => (ApiStatus::STOPPED, code, Some(timestamp(at))),
+            Status::Deleted => (ApiStatus::STOPPED, 0, None),
+        };
+        Ok(StateResponse {
+            id: req.id.clone(),
+            bundle: c.bundle.display().to_string(),
+            pid: proc.pid,
+            status: status.into(),
+            stdin: proc.stdio.stdin.clone(),
+            stdout: proc.stdio.stdout.clone(),
+            stderr: proc.stdio.stderr.clone(),
+            terminal: proc.stdio.terminal,
+            exit_status,
+            exited_at: exited_at.into(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+    }
+}
+
+type R<T> = TtrpcResult<T>;
+
+fn edge<T>(op: &str, id: &str, r: Result<T, ShimError>) -> R<T> {
+    r.map_err(|e| {
+        log::warn!("{op} {id}: {}", crate::error::describe(&e));
+        e.into()
+    })
+}
+
+impl Task for TaskService {
+    fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> R<CreateTaskResponse> {
+        log::info!("create task {} (bundle {})", req.id, req.bundle);
+        let pid = edge("create", &req.id, self.do_create(&req))?;
+        Ok(CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> R<StartResponse> {
+        log::info!("start task {} exec {:?}", req.id, req.exec_id);
+        let r = self
+            .container(&req.id)
+            .and_then(|c| c.process(&req.exec_id))
+            .and_then(|p| p.start());
+        let pid = edge("start", &req.id, r)?;
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> R<Empty> {
+        log::info!("exec {} in task {}", req.exec_id, req.id);
+        edge("exec", &req.id, self.do_exec(&req))?;
+        Ok(Empty::new())
+    }
+
+    fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> R<StateResponse> {
+        edge("state", &req.id, self.do_state(&req))
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> R<PidsResponse> {
+        let c = edge("pids", &req.id, self.container(&req.id))?;
+        let mut processes = vec![ProcessInfo {
+            pid: c.init.pid,
+            ..Default::default()
+        }];
+        for p in c.execs.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            processes.push(ProcessInfo {
+                pid: p.pid,
+                ..Default::default()
+            });
+        }
+        Ok(PidsResponse {
+            processes,
+            ..Default::default()
+        })
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> R<Empty> {
+        log::info!(
+            "kill task {} exec {:?} signal {} all {}",
+            req.id,
+            req.exec_id,
+            req.signal,
+            req.all
+        );
+        let r = self
+            .container(&req.id)
+            .and_then(|c| c.process(&req.exec_id))
+            .and_then(|p| p.kill(req.signal, req.all));
+        edge("kill", &req.id, r)?;
+        Ok(Empty::new())
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> R<WaitResponse> {
+        let p = edge(
+            "wait",
+            &req.id,
+            self.container(&req.id)
+                .and_then(|c| c.process(&req.exec_id)),
+        )?;
+        let (code, at) = p.wait();
+        Ok(WaitResponse {
+            exit_status: code,
+            exited_at: Some(timestamp(at)).into(),
+            ..Default::default()
+        })
+    }
+
+    fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> R<DeleteResponse> {
+        log::info!("delete task {} exec {:?}", req.id, req.exec_id);
+        edge("delete", &req.id, self.do_delete(&req))
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> R<Empty> {
+        let p = edge(
+            "close_io",
+            &req.id,
+            self.container(&req.id)
+                .and_then(|c| c.process(&req.exec_id)),
+        )?;
+        if req.stdin {
+            p.close_stdin();
+        }
+        Ok(Empty::new())
+    }
+
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> R<Empty> {
+        let r = self
+            .container(&req.id)
+            .and_then(|c| c.process(&req.exec_id))
+            .and_then(|p| p.resize(req.height, req.width));
+        edge("resize_pty", &req.id, r)?;
+        Ok(Empty::new())
+    }
+
+    fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> R<ConnectResponse> {
+        let task_pid = self.container(&req.id).map(|c| c.init.pid).unwrap_or(0);
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> R<Empty> {
+        if !self.containers().is_empty() {
+            log::info!("shutdown: tasks remain; staying up");
+            return Ok(Empty::new());
+        }
+        log::info!("shutdown: no task left; exiting");
+        self.events.flush();
+        self.exit.signal();
+        Ok(Empty::new())
+    }
+
+    fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> R<StatsResponse> {
+        edge("stats", &req.id, self.do_stats(&req))
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> R<Empty> {
+        edge("pause", &req.id, self.do_pause(&req.id, true))
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> R<Empty> {
+        edge("resume", &req.id, self.do_pause(&req.id, false))
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> R<Empty> {
+        edge(
+            "update",
+            &req.id,
+            Err(ShimError::Unimplemented(
+                "update: a microVM's resources are fixed when it boots",
+            )),
+        )
+    }
+
+    fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> R<Empty> {
+        edge(
+            "checkpoint",
+            &req.id,
+            Err(ShimError::Unimplemented(
+                "checkpoint: not supported by mu2 (a process lives only as long as its vm)",
+            )),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_ids_are_valid() {
+        assert_eq!(vm_id("abc", ""), "abc");
+        assert_eq!(vm_id("abc", "e 1"), "abc.e_1");
+        let long = "x".repeat(80);
+        let id = vm_id(&long, "exec9");
+        assert_eq!(id.len(), 64);
+        assert!(id.ends_with(".exec9"));
+    }
+}
