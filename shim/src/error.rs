@@ -44,6 +44,12 @@ pub enum ShimError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot start the log binary {path}")]
+    LogBinary {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot mount the rootfs of {id} on {target}")]
     Mount {
         id: String,
@@ -85,6 +91,7 @@ impl ShimError {
             ShimError::Vm(_)
             | ShimError::VmGone(_)
             | ShimError::Io { .. }
+            | ShimError::LogBinary { .. }
             | ShimError::Mount { .. }
             | ShimError::OwnerGone(_) => Code::UNKNOWN,
         }

@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -43,6 +43,11 @@ pub enum Event {
         exec_id: String,
         pid: u32,
     },
+    /// The kernel's OOM killer ended a process of the task (published
+    /// before that process's exit, as containerd's runc shim does).
+    Oom {
+        id: String,
+    },
     Exit {
         id: String,
         exec_id: String,
@@ -73,6 +78,7 @@ enum Msg {
 #[derive(Clone)]
 pub struct Events {
     tx: Sender<Msg>,
+    namespace: std::sync::Arc<str>,
 }
 
 pub fn timestamp(t: SystemTime) -> Timestamp {
@@ -89,8 +95,9 @@ impl Events {
     /// Starts the publisher thread.
     pub fn spawn(publisher: RemotePublisher, namespace: String) -> Events {
         let (tx, rx) = mpsc::channel();
+        let ns = namespace.as_str().into();
         std::thread::spawn(move || serve(publisher, namespace, rx));
-        Events { tx }
+        Events { tx, namespace: ns }
     }
 
     /// Events that go nowhere (the `delete` action, unit tests).
@@ -103,7 +110,15 @@ impl Events {
                 }
             }
         });
-        Events { tx }
+        Events {
+            tx,
+            namespace: "".into(),
+        }
+    }
+
+    /// The containerd namespace the events go to.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     pub fn send(&self, e: Event) {
@@ -176,6 +191,13 @@ fn serve(publisher: RemotePublisher, namespace: String, rx: Receiver<Msg>) {
                     container_id: id,
                     exec_id,
                     pid,
+                    ..Default::default()
+                }),
+            ),
+            Event::Oom { id } => (
+                topics::TASK_OOM_EVENT_TOPIC,
+                Box::new(TaskOOM {
+                    container_id: id,
                     ..Default::default()
                 }),
             ),

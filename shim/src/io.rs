@@ -11,6 +11,14 @@
 //! drains what is buffered and stops. Either way the agent learns the end of
 //! stdin with the byte count (`StdinClose`).
 //!
+//! containerd 1.6 passes a log URI (`ctr run --log-uri`) as the stdout and
+//! stderr paths, and mu2 honours it as runc's shim does: `file:///abs/path`
+//! appends both streams to that file; `binary:///abs/path?k=v` starts that
+//! logger with the output on fds 3 and 4, a pipe on fd 5 it closes (or
+//! writes to) once ready, `k v` as arguments and only `CONTAINER_ID` and
+//! `CONTAINER_NAMESPACE` in its environment. A logger that does not end
+//! once its input did is sent SIGTERM, then SIGKILL.
+//!
 //! Relays use blocking I/O, so back-pressure runs end to end as in `mu2
 //! run`: a slow reader of a FIFO stalls the relay, QEMU and the guest.
 
@@ -20,14 +28,18 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use mu2_microvm::vm::ControlSender;
 use mu2_protocol::HostMsg;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crate::error::ShimError;
 
@@ -42,13 +54,127 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ShimError + '_ {
     }
 }
 
-/// Opens an output FIFO without blocking; `None` for an empty path (null
-/// IO).
-pub fn open_output(path: &str) -> Result<Option<File>, ShimError> {
+/// Where containerd wants a process's output.
+#[derive(Debug, PartialEq, Eq)]
+enum Output {
+    /// Null IO.
+    None,
+    /// A FIFO containerd reads (a plain path or `fifo://`).
+    Fifo(PathBuf),
+    /// A log file to append to (`file://`).
+    File(PathBuf),
+    /// A logger to start (`binary://`).
+    Binary { path: PathBuf, args: Vec<String> },
+}
+
+fn parse_output(path: &str) -> Result<Output, ShimError> {
     if path.is_empty() {
-        return Ok(None);
+        return Ok(Output::None);
     }
-    let p = Path::new(path);
+    let Some((scheme, rest)) = path.split_once("://") else {
+        return Ok(Output::Fifo(PathBuf::from(path)));
+    };
+    let uri_path = |rest: &str| -> Result<PathBuf, ShimError> {
+        // `file:///p` (no host); a query or fragment is not part of the path.
+        let p = rest.split(['?', '#']).next().unwrap_or_default();
+        let p = percent_decode(p);
+        if !p.starts_with('/') || p.contains("/../") || p.ends_with("/..") {
+            return Err(ShimError::InvalidArgument(format!(
+                "log uri {path}: not an absolute path"
+            )));
+        }
+        Ok(PathBuf::from(p))
+    };
+    match scheme {
+        "fifo" => Ok(Output::Fifo(uri_path(rest)?)),
+        "file" => Ok(Output::File(uri_path(rest)?)),
+        "binary" => {
+            let query = rest.split_once('?').map(|(_, q)| q).unwrap_or_default();
+            let query = query.split('#').next().unwrap_or_default();
+            let mut args = Vec::new();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = match pair.split_once('=') {
+                    Some((k, v)) => (k, Some(v)),
+                    None => (pair, None),
+                };
+                args.push(percent_decode(&k.replace('+', " ")));
+                if let Some(v) = v {
+                    args.push(percent_decode(&v.replace('+', " ")));
+                }
+            }
+            Ok(Output::Binary {
+                path: uri_path(rest)?,
+                args,
+            })
+        }
+        other => Err(ShimError::InvalidArgument(format!(
+            "log uri {path}: scheme {other} is not supported by mu2 (file, binary and fifo are)"
+        ))),
+    }
+}
+
+/// `%XX` escapes of a URI path; a malformed escape stays as it is.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A process's stdout and stderr, and the logger behind them if any.
+pub struct Outputs {
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
+    pub logger: Option<LogBinary>,
+}
+
+/// Opens a process's outputs; a `binary://` stdout takes both streams.
+pub fn open_outputs(
+    stdout: &str,
+    stderr: &str,
+    container_id: &str,
+    namespace: &str,
+) -> Result<Outputs, ShimError> {
+    if let Output::Binary { path, args } = parse_output(stdout)? {
+        let (logger, out, err) = LogBinary::start(&path, &args, container_id, namespace)?;
+        return Ok(Outputs {
+            stdout: Some(out),
+            stderr: Some(err),
+            logger: Some(logger),
+        });
+    }
+    Ok(Outputs {
+        stdout: open_output(stdout)?,
+        stderr: open_output(stderr)?,
+        logger: None,
+    })
+}
+
+/// Opens a process's output: a FIFO without blocking, a log file for
+/// appending; `None` for null IO.
+pub fn open_output(path: &str) -> Result<Option<File>, ShimError> {
+    let p = match parse_output(path)? {
+        Output::None => return Ok(None),
+        Output::File(p) => return open_log_file(&p).map(Some),
+        Output::Fifo(p) => p,
+        Output::Binary { .. } => {
+            return Err(ShimError::InvalidArgument(format!(
+                "log uri {path}: a binary logger takes stdout and stderr together"
+            )))
+        }
+    };
+    let p = p.as_path();
     let file = match OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -66,6 +192,114 @@ pub fn open_output(path: &str) -> Result<Option<File>, ShimError> {
     };
     set_blocking(&file).map_err(io_err(p))?;
     Ok(Some(file))
+}
+
+/// How long a logger has to say it is ready.
+const LOGGER_READY: Duration = Duration::from_secs(10);
+/// How long a logger has to end after its input did, and then after
+/// SIGTERM.
+const LOGGER_GRACE: Duration = Duration::from_secs(12);
+
+/// A running `binary://` logger; reaped (bounded) in the background once
+/// dropped, which the process's owner does after the output ended.
+pub struct LogBinary {
+    child: Option<Child>,
+    path: PathBuf,
+}
+
+impl LogBinary {
+    /// Starts the logger; returns it with the write ends of its stdout and
+    /// stderr pipes once it said it is ready.
+    fn start(
+        path: &Path,
+        args: &[String],
+        container_id: &str,
+        namespace: &str,
+    ) -> Result<(LogBinary, File, File), ShimError> {
+        let err = |source| ShimError::LogBinary {
+            path: path.to_path_buf(),
+            source,
+        };
+        let (out_r, out_w) = pipe_files().map_err(err)?;
+        let (err_r, err_w) = pipe_files().map_err(err)?;
+        let (ready_r, ready_w) = pipe_files().map_err(err)?;
+        let mut cmd = Command::new(path);
+        cmd.args(args)
+            .env_clear()
+            .env("CONTAINER_ID", container_id)
+            .env("CONTAINER_NAMESPACE", namespace)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        crate::sys::pass_fds(&mut cmd, [out_r, err_r, ready_w]).map_err(err)?;
+        let child = cmd.spawn().map_err(err)?;
+        drop(cmd); // our copies of the logger's ends
+        let logger = LogBinary {
+            child: Some(child),
+            path: path.to_path_buf(),
+        };
+        let mut fds = [PollFd::new(ready_r.as_fd(), PollFlags::POLLIN)];
+        let ms = LOGGER_READY.as_millis() as u16;
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(n) if n > 0 => {}
+            _ => {
+                return Err(err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("not ready within {LOGGER_READY:?}"),
+                )))
+            }
+        }
+        log::info!("log binary {} ready", path.display());
+        Ok((logger, out_w, err_w))
+    }
+}
+
+impl Drop for LogBinary {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let path = self.path.clone();
+        std::thread::spawn(move || {
+            let ended = |child: &mut Child, within: Duration| {
+                let deadline = Instant::now() + within;
+                while Instant::now() < deadline {
+                    if !matches!(child.try_wait(), Ok(None)) {
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                false
+            };
+            if ended(&mut child, LOGGER_GRACE) {
+                return;
+            }
+            log::warn!("log binary {} still runs; SIGTERM", path.display());
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            if !ended(&mut child, LOGGER_GRACE) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        });
+    }
+}
+
+fn pipe_files() -> io::Result<(File, File)> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    Ok((File::from(r), File::from(w)))
+}
+
+fn open_log_file(p: &Path) -> Result<File, ShimError> {
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(p)
+        .map_err(io_err(p))
 }
 
 fn set_blocking(f: &File) -> io::Result<()> {
@@ -185,4 +419,54 @@ pub fn spawn_stdin_relay(mut to: UnixStream, closer: StdinCloser, sender: Contro
         }
         let _ = sender.send(&HostMsg::StdinClose { total_bytes: total });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_paths_and_log_uris() {
+        assert_eq!(parse_output("").unwrap(), Output::None);
+        assert_eq!(
+            parse_output("/run/ctd/fifo-1").unwrap(),
+            Output::Fifo("/run/ctd/fifo-1".into())
+        );
+        assert_eq!(
+            parse_output("fifo:///run/x").unwrap(),
+            Output::Fifo("/run/x".into())
+        );
+        assert_eq!(
+            parse_output("file:///var/log/a%20b.log?x=1").unwrap(),
+            Output::File("/var/log/a b.log".into())
+        );
+        assert!(parse_output("file://relative/x").is_err());
+        assert!(parse_output("file:///a/../etc").is_err());
+        assert_eq!(
+            parse_output("binary:///usr/bin/log?dir=/x+y&v").unwrap(),
+            Output::Binary {
+                path: "/usr/bin/log".into(),
+                args: vec!["dir".into(), "/x y".into(), "v".into()],
+            }
+        );
+        assert!(parse_output("syslog:///dev/log").is_err());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("/a%2Fb%"), "/a/b%");
+        assert_eq!(percent_decode("/%zz%4"), "/%zz%4");
+    }
+
+    #[test]
+    fn log_files_are_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/log");
+        let uri = format!("file://{}", p.display());
+        for line in ["one\n", "two\n"] {
+            let mut f = open_output(&uri).unwrap().unwrap();
+            f.write_all(line.as_bytes()).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "one\ntwo\n");
+    }
 }

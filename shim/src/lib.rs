@@ -14,6 +14,7 @@ pub mod io;
 pub mod mount;
 pub mod process;
 pub mod shim;
+mod sys;
 pub mod task;
 
 pub use error::ShimError;

@@ -6,7 +6,8 @@
 //! thread that lives exactly as long as its VM. The owner boots the VM
 //! (Create/Exec wait for that), takes Start or Kill from a channel, then
 //! reads the agent until the process exits, reaps QEMU, and publishes the
-//! one exit of the process. Signals, resizes and the end of stdin go to the
+//! one exit of the process (after a TaskOOM when the guest's OOM killer
+//! ended it). Signals, resizes and the end of stdin go to the
 //! agent straight from the handlers through the VM's control sender.
 //!
 //! The lifecycle is [`Status`]: Created → Running → Exited → Deleted; an
@@ -127,8 +128,12 @@ impl Process {
 
     /// Boots the VM on its owner thread; returns once the agent is ready.
     pub fn launch(l: Launch) -> Result<Arc<Process>, ShimError> {
-        let stdout = crate::io::open_output(&l.stdio.stdout)?;
-        let stderr = crate::io::open_output(&l.stdio.stderr)?;
+        let outputs = crate::io::open_outputs(
+            &l.stdio.stdout,
+            &l.stdio.stderr,
+            &l.container_id,
+            l.events.namespace(),
+        )?;
         let (ready_tx, ready_rx) = mpsc::channel();
         let what = if l.exec_id.is_empty() {
             format!("task {}", l.container_id)
@@ -137,7 +142,11 @@ impl Process {
         };
         std::thread::Builder::new()
             .name(format!("vm-{}", l.spec.id))
-            .spawn(move || owner(l, stdout, stderr, ready_tx))
+            .spawn(move || {
+                // The logger is reaped once the owner is done with the output.
+                let _logger = outputs.logger;
+                owner(l, outputs.stdout, outputs.stderr, ready_tx)
+            })
             .map_err(|source| ShimError::Io {
                 path: "owner thread".into(),
                 source,
@@ -406,7 +415,7 @@ fn owner(
         return;
     }
     let mut io = Running::default();
-    let code = match await_start(
+    let exit = match await_start(
         &mut vm,
         &proc,
         &l,
@@ -415,10 +424,13 @@ fn owner(
         &mut io,
         &what,
     ) {
-        Some(code) => code,
+        Some(code) => ExitReport {
+            code,
+            oom_killed: false,
+        },
         None => run_to_exit(&mut vm, &what),
     };
-    end(vm, &proc, &l, code, io, &what);
+    end(vm, &proc, &l, exit, io, &what);
 }
 
 /// What a started process holds until its VM is gone.
@@ -519,8 +531,25 @@ fn await_start(
     None
 }
 
-/// Reads the agent until the process exits; returns its status.
-fn run_to_exit(vm: &mut Vm, what: &str) -> u32 {
+/// How a process ended.
+#[derive(Debug, Clone, Copy)]
+struct ExitReport {
+    code: u32,
+    /// The guest kernel's OOM killer ended it (or a process of its cgroup).
+    oom_killed: bool,
+}
+
+impl ExitReport {
+    fn vm_gone() -> ExitReport {
+        ExitReport {
+            code: STATUS_VM_GONE,
+            oom_killed: false,
+        }
+    }
+}
+
+/// Reads the agent until the process exits; returns how it ended.
+fn run_to_exit(vm: &mut Vm, what: &str) -> ExitReport {
     loop {
         match vm.recv() {
             Ok(Some(GuestMsg::Exit(e))) => {
@@ -529,22 +558,25 @@ fn run_to_exit(vm: &mut Vm, what: &str) -> u32 {
                     e.status,
                     e.oom_killed
                 );
-                return u32::try_from(e.status).unwrap_or(STATUS_VM_GONE);
+                return ExitReport {
+                    code: u32::try_from(e.status).unwrap_or(STATUS_VM_GONE),
+                    oom_killed: e.oom_killed,
+                };
             }
             Ok(Some(other)) => log::debug!("{what}: agent says {other:?}"),
             Ok(None) => {
                 log::warn!("{what}: vm ended without an exit; status {STATUS_VM_GONE}");
-                return STATUS_VM_GONE;
+                return ExitReport::vm_gone();
             }
             Err(e) => {
                 log::error!("{what}: {}", crate::error::describe(&e));
-                return STATUS_VM_GONE;
+                return ExitReport::vm_gone();
             }
         }
     }
 }
 
-fn end(mut vm: Vm, proc: &Arc<Process>, l: &Launch, code: u32, io: Running, what: &str) {
+fn end(mut vm: Vm, proc: &Arc<Process>, l: &Launch, exit: ExitReport, io: Running, what: &str) {
     proc.lock().vm_alive = false;
     vm.finish(POWEROFF_GRACE);
     log::info!("{what}: vm {} gone", vm.id());
@@ -573,7 +605,13 @@ fn end(mut vm: Vm, proc: &Arc<Process>, l: &Launch, code: u32, io: Running, what
     if matches!(proc.status(), Status::Exited { .. }) {
         return;
     }
+    let code = exit.code;
     let at = SystemTime::now();
+    if exit.oom_killed {
+        l.events.send(Event::Oom {
+            id: l.container_id.clone(),
+        });
+    }
     proc.set_status(Status::Exited { code, at });
     l.events.send(Event::Exit {
         id: l.container_id.clone(),

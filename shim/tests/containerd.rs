@@ -719,3 +719,437 @@ fn pause_resume_metrics_kill_and_delete_a_detached_task() {
     cleanup_task(&ctd, &id);
     ctd.assert_nothing_left();
 }
+
+/// `ctr events` running in the background on the test's containerd: every
+/// line it printed, collected by a reader thread. Killed when dropped.
+struct EventLog {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// One task event of `ctr events`: its topic and its JSON body.
+#[derive(Debug, Clone)]
+struct TaskEvent {
+    topic: String,
+    body: serde_json::Value,
+}
+
+impl Containerd {
+    /// Starts `ctr events` and returns once it is subscribed (it printed the
+    /// event of a namespace this creates and removes).
+    fn events(&self) -> EventLog {
+        let mut child = self.cmd(&["events"]).spawn().expect("spawn ctr events");
+        let out = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                sink.lock().unwrap().push(l);
+            }
+        });
+        let log = EventLog { child, lines };
+        let ns = format!("ready-{}", self.prefix());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let o = self.ctr(&["namespaces", "create", &ns]);
+            assert_eq!(o.code(), 0, "{}", o.err());
+            let _ = self.ctr(&["namespaces", "rm", &ns]);
+            std::thread::sleep(Duration::from_millis(200));
+            if log.lines().iter().any(|l| l.contains("/namespaces/create")) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "ctr events did not subscribe");
+        }
+    }
+}
+
+impl EventLog {
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// The `/tasks/*` events of container `id`, in the order printed.
+    fn task_events(&self, id: &str) -> Vec<TaskEvent> {
+        self.lines()
+            .iter()
+            .filter_map(|l| {
+                let topic = l.split_whitespace().find(|w| w.starts_with("/tasks/"))?;
+                let json = &l[l.find('{')?..];
+                let body: serde_json::Value = serde_json::from_str(json).ok()?;
+                (body["container_id"] == id).then(|| TaskEvent {
+                    topic: topic.to_string(),
+                    body,
+                })
+            })
+            .collect()
+    }
+
+    fn topics(&self, id: &str) -> Vec<String> {
+        self.task_events(id).into_iter().map(|e| e.topic).collect()
+    }
+
+    /// Waits until `id` had `count` events of `topic`; returns its topics.
+    fn wait_for(&self, id: &str, topic: &str, count: usize, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let topics = self.topics(id);
+            if topics.iter().filter(|t| *t == topic).count() >= count {
+                return topics;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {count} {topic} for {id} within {within:?}: {topics:?}\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn oom_kill_publishes_task_oom_before_the_exit() {
+    let Some(ctd) = Containerd::start(false) else {
+        return;
+    };
+    let events = ctd.events();
+    let opts = ["--memory-limit", "67108864"];
+    let cmd = ["mu2-probe", "alloc", "200"];
+    let (want, got) = parity(&ctd, "oom", &opts, &cmd, b"");
+    assert_eq!(want.code(), 137, "runc: {}", want.err());
+    assert_eq!(got.code(), 137, "mu2: {}", got.err());
+    for rt in ["runc", "mu2"] {
+        let id = ctd.id(&format!("oom-{rt}"));
+        let topics = events.wait_for(&id, "/tasks/delete", 1, Duration::from_secs(30));
+        assert!(
+            topics.iter().any(|t| t == "/tasks/oom"),
+            "{rt}: no /tasks/oom: {topics:?}"
+        );
+        if rt == "mu2" {
+            let oom = topics.iter().position(|t| t == "/tasks/oom").unwrap();
+            let exit = topics.iter().position(|t| t == "/tasks/exit").unwrap();
+            assert!(oom < exit, "mu2: /tasks/oom after /tasks/exit: {topics:?}");
+        }
+    }
+    // A process that ends on its own within its limit is no OOM.
+    let id = ctd.id("nooom-mu2");
+    let o = ctd.run(MU2, &id, &opts, &["mu2-probe", "alloc", "8"], b"");
+    assert_eq!(o.code(), 0, "{}", o.err());
+    let topics = events.wait_for(&id, "/tasks/delete", 1, Duration::from_secs(30));
+    assert!(!topics.iter().any(|t| t == "/tasks/oom"), "{topics:?}");
+    ctd.assert_nothing_left();
+}
+
+/// Exactly one exit per process (init: `id` is the container id).
+fn assert_one_exit_each(events: &[TaskEvent], processes: &[&str], rt: &str) {
+    for p in processes {
+        let n = events
+            .iter()
+            .filter(|e| e.topic == "/tasks/exit" && e.body["id"] == *p)
+            .count();
+        assert_eq!(n, 1, "{rt}: {n} exits of {p}: {events:#?}");
+    }
+}
+
+#[test]
+fn events_come_in_containerd_order() {
+    let Some(ctd) = Containerd::start(false) else {
+        return;
+    };
+    let events = ctd.events();
+    // One `ctr run --rm`.
+    let mut runs = Vec::new();
+    for (rt, runtime) in [("runc", RUNC), ("mu2", MU2)] {
+        let id = ctd.id(&format!("order-{rt}"));
+        let o = ctd.run(runtime, &id, &[], &["sh", "-c", "echo hi; exit 3"], b"");
+        assert_eq!(o.code(), 3, "{rt}: {}", o.err());
+        let topics = events.wait_for(&id, "/tasks/delete", 1, Duration::from_secs(30));
+        assert_one_exit_each(&events.task_events(&id), &[&id], rt);
+        runs.push(topics);
+    }
+    let want = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    assert_eq!(runs[0], want, "runc's order changed");
+    assert_eq!(runs[1], want, "mu2's order");
+    // A detached task with one exec, then killed.
+    let mut runs = Vec::new();
+    for (rt, runtime) in [("runc", RUNC), ("mu2", MU2)] {
+        let id = ctd.id(&format!("xorder-{rt}"));
+        let o = ctd.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            IMAGE,
+            &id,
+            "sleep",
+            "600",
+        ]);
+        assert_eq!(o.code(), 0, "{rt}: {}", o.err());
+        wait_status(&ctd, &id, "RUNNING", Duration::from_secs(60));
+        let e = ctd.ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e1",
+            &id,
+            "sh",
+            "-c",
+            "exit 5",
+        ]);
+        assert_eq!(e.code(), 5, "{rt}: {}", e.err());
+        let k = ctd.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
+        assert_eq!(k.code(), 0, "{rt}: {}", k.err());
+        wait_status(&ctd, &id, "STOPPED", Duration::from_secs(30));
+        assert_eq!(ctd.ctr(&["tasks", "rm", &id]).code(), 0);
+        assert_eq!(ctd.ctr(&["containers", "rm", &id]).code(), 0);
+        let topics = events.wait_for(&id, "/tasks/delete", 1, Duration::from_secs(30));
+        let evs = events.task_events(&id);
+        assert_one_exit_each(&evs, &[&id, "e1"], rt);
+        let exec_exit = evs
+            .iter()
+            .find(|e| e.topic == "/tasks/exit" && e.body["id"] == "e1")
+            .unwrap();
+        assert_eq!(exec_exit.body["exit_status"], 5, "{rt}: {exec_exit:?}");
+        runs.push(topics);
+    }
+    let want = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/exit",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    assert_eq!(runs[0], want, "runc's order changed");
+    assert_eq!(runs[1], want, "mu2's order");
+    ctd.assert_nothing_left();
+}
+
+#[test]
+fn log_uri_file_matches_runc() {
+    let Some(ctd) = Containerd::start(false) else {
+        return;
+    };
+    let cmd = ["sh", "-c", "echo out; echo err >&2; seq 1 2000; echo end"];
+    let mut logs = Vec::new();
+    for (rt, runtime) in [("runc", RUNC), ("mu2", MU2)] {
+        let log = ctd.dir.path().join(format!("logs/{rt}/task.log"));
+        // Appended to, not truncated.
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::fs::write(&log, "before\n").unwrap();
+        let uri = format!("file://{}", log.display());
+        let id = ctd.id(&format!("log-{rt}"));
+        let o = ctd.run(runtime, &id, &["--log-uri", &uri], &cmd, b"");
+        assert_eq!(o.code(), 0, "{rt}: {}\n{}", o.err(), tail(&ctd.log(), 30));
+        assert_eq!(o.out(), "", "{rt}: ctr printed the task's output");
+        let text = std::fs::read_to_string(&log).unwrap();
+        // stdout and stderr are copied apart: only their lines' order
+        // within each stream is kept.
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        assert_eq!(lines[0], "before", "{rt}");
+        lines.sort();
+        logs.push(lines);
+    }
+    assert_eq!(logs[1].len(), 2004);
+    assert_eq!(logs[1], logs[0], "mu2's log file differs from runc's");
+    ctd.assert_nothing_left();
+}
+
+/// A `ctr run --rm` in the background whose stdout lines arrive on a
+/// channel.
+struct Background {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Background {
+    fn start(ctd: &Containerd, runtime: &str, id: &str, cmd: &[&str]) -> Background {
+        let mut args = vec!["run", "--rm", "--runtime", runtime, IMAGE, id];
+        args.extend_from_slice(cmd);
+        let mut c = ctd.cmd(&args);
+        c.stderr(Stdio::null());
+        let mut child = c.spawn().expect("spawn ctr run");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Background { child, lines }
+    }
+
+    fn expect_line(&self, want: &str, within: Duration) {
+        let got = self.lines.recv_timeout(within);
+        assert_eq!(got.as_deref(), Ok(want));
+    }
+
+    /// Waits for ctr to exit; returns its exit code.
+    fn wait(mut self, within: Duration) -> i32 {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("ctr run did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn signals_from_ctr_match_runc() {
+    let Some(ctd) = Containerd::start(false) else {
+        return;
+    };
+    for (rt, runtime) in [("runc", RUNC), ("mu2", MU2)] {
+        // SIGKILL of a task that ignores nothing: 128 + 9.
+        let id = ctd.id(&format!("sigkill-{rt}"));
+        let run = Background::start(&ctd, runtime, &id, &["sleep", "600"]);
+        wait_status(&ctd, &id, "RUNNING", Duration::from_secs(60));
+        let k = ctd.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
+        assert_eq!(k.code(), 0, "{rt}: {}", k.err());
+        assert_eq!(run.wait(Duration::from_secs(30)), 137, "{rt}: SIGKILL");
+        // SIGTERM caught by a trap: the trap's status.
+        let id = ctd.id(&format!("sigterm-{rt}"));
+        let run = Background::start(
+            &ctd,
+            runtime,
+            &id,
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 7' TERM; echo ready; while :; do sleep 1; done",
+            ],
+        );
+        run.expect_line("ready", Duration::from_secs(60));
+        let k = ctd.ctr(&["tasks", "kill", "-s", "SIGTERM", &id]);
+        assert_eq!(k.code(), 0, "{rt}: {}", k.err());
+        assert_eq!(run.wait(Duration::from_secs(30)), 7, "{rt}: SIGTERM");
+    }
+    ctd.assert_nothing_left();
+}
+
+#[test]
+fn writable_root_and_null_io_match_runc() {
+    let Some(ctd) = Containerd::start(false) else {
+        return;
+    };
+    same_output(
+        &ctd,
+        "write",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "echo kept > /written; mkdir -p /etc/new; echo x > /etc/new/f; cat /written /etc/new/f",
+        ],
+        b"",
+    );
+    // Each run has its own snapshot: the last run's writes are gone.
+    same_output(
+        &ctd,
+        "fresh",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "test -e /written && echo seen || echo unseen; test -e /etc/new && echo seen || echo unseen",
+        ],
+        b"",
+    );
+    let (want, got) = parity(
+        &ctd,
+        "nullio",
+        &["--null-io"],
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+        b"",
+    );
+    assert_eq!(want.code(), 3);
+    assert_eq!((got.out(), got.err()), (String::new(), String::new()));
+    assert_eq!((want.out(), want.err()), (String::new(), String::new()));
+    ctd.assert_nothing_left();
+}
+
+#[test]
+fn log_uri_binary_matches_runc() {
+    let Some(ctd) = Containerd::start(false) else {
+        return;
+    };
+    // containerd's logger contract: output on fds 3 and 4, fd 5 closed once
+    // ready, the query as arguments, only two variables in the environment.
+    let logger = ctd.dir.path().join("logger.sh");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\n\
+         dir=$2\n\
+         { echo \"$1\"; /usr/bin/env | /usr/bin/sort; } > \"$dir/meta\"\n\
+         exec 5>&-\n\
+         /bin/cat <&3 > \"$dir/out\" &\n\
+         /bin/cat <&4 > \"$dir/err\"\n\
+         wait\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cmd = ["sh", "-c", "echo out; echo err >&2; seq 1 2000"];
+    let mut seen = Vec::new();
+    for (rt, runtime) in [("runc", RUNC), ("mu2", MU2)] {
+        let dir = ctd.dir.path().join(format!("binlog-{rt}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let uri = format!("binary://{}?dir={}", logger.display(), dir.display());
+        let id = ctd.id(&format!("binlog-{rt}"));
+        let o = ctd.run(runtime, &id, &["--log-uri", &uri], &cmd, b"");
+        assert_eq!(o.code(), 0, "{rt}: {}\n{}", o.err(), tail(&ctd.log(), 30));
+        assert_eq!(o.out(), "", "{rt}: ctr printed the task's output");
+        // runc's shim SIGTERMs the logger at Delete: its cats finish the
+        // copy.
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(read("out").ends_with("\n2000\n") && read("err") == "err\n") {
+            assert!(
+                Instant::now() < deadline,
+                "{rt}: the logger did not get all the output: {:?} {:?}",
+                tail(&read("out"), 2),
+                read("err")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let meta = read("meta");
+        assert!(
+            meta.starts_with("dir\n")
+                && meta.contains(&format!("\nCONTAINER_ID={id}\n"))
+                && meta.contains("\nCONTAINER_NAMESPACE=default\n"),
+            "{rt}: logger arguments or environment: {meta}"
+        );
+        seen.push((meta.replace(&id, "ID"), read("out"), read("err")));
+    }
+    assert_eq!(
+        seen[1], seen[0],
+        "mu2's logger got other output than runc's"
+    );
+    assert!(seen[1].1.starts_with("out\n1\n"), "{:?}", seen[1].1);
+    assert_eq!(seen[1].2, "err\n");
+    ctd.assert_nothing_left();
+}
