@@ -451,3 +451,40 @@ fn a_stalled_reader_holds_the_guest_back_instead_of_filling_memory() {
     assert!(got == want, "stdout differs from the probe's pattern");
     assert_nothing_left(&id, dir);
 }
+
+#[test]
+fn file_bind_mounts_bind_just_the_file() {
+    let Some(base) = setup() else { return };
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("rw.txt"), "one\n").unwrap();
+    std::fs::write(host.path().join("ro.txt"), "fixed\n").unwrap();
+    std::fs::write(host.path().join("sibling.txt"), "secret\n").unwrap();
+    let mut b = TestBundle::new(
+        &base,
+        &[
+            "sh",
+            "-c",
+            "echo two >> /etc/rw.txt; cat /etc/rw.txt /etc/ro.txt; \
+             echo x > /etc/ro.txt 2>/dev/null || echo ro refused; \
+             test -e /etc/sibling.txt || test -e /run/mu2 || echo no sibling",
+        ],
+    );
+    b.config["mounts"] = json!([
+        {"destination": "/etc/rw.txt", "type": "bind", "source": host.path().join("rw.txt"), "options": ["rbind", "rw"]},
+        {"destination": "/etc/ro.txt", "type": "bind", "source": host.path().join("ro.txt"), "options": ["rbind", "ro"]}
+    ]);
+    let out = run(&b);
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr_str());
+    assert_eq!(
+        out.stdout_str(),
+        "one\ntwo\nfixed\nro refused\nno sibling\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("rw.txt")).unwrap(),
+        "one\ntwo\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("ro.txt")).unwrap(),
+        "fixed\n"
+    );
+}

@@ -270,6 +270,9 @@ fn mount_point(root: &Path, destination: &str) -> Result<PathBuf, RootfsError> {
 }
 
 fn mount_extra(root: &Path, m: &Mount) -> Result<(), RootfsError> {
+    if let (MountSource::Share(tag), Some(file)) = (&m.source, &m.share_file) {
+        return bind_shared_file(root, m, tag, file);
+    }
     let target = mount_point(root, &m.destination)?;
     match &m.source {
         MountSource::Fs(t) => do_mount(
@@ -297,6 +300,61 @@ fn mount_extra(root: &Path, m: &Mount) -> Result<(), RootfsError> {
             )
         }
     }
+}
+
+/// A file bind mount: the share (the file's parent directory on the host)
+/// is mounted once outside the container root, and only the file is bound
+/// onto the destination, so the container sees none of its siblings.
+fn bind_shared_file(root: &Path, m: &Mount, tag: &str, file: &str) -> Result<(), RootfsError> {
+    let hidden = Path::new(BASE).join("files").join(tag);
+    if !hidden.is_dir() {
+        mkdir(&hidden)?;
+        let flags = if m.readonly {
+            MsFlags::MS_RDONLY
+        } else {
+            MsFlags::empty()
+        };
+        let data = format!("trans=virtio,version=9p2000.L,msize={MSIZE},cache=mmap,access=client");
+        mount_raw(
+            tag,
+            &hidden,
+            "9p",
+            flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(&data),
+            &format!("9p share {tag}"),
+        )?;
+    }
+    let target = paths::resolve(root, &m.destination)?;
+    if let Some(parent) = target.parent() {
+        mkdir(parent)?;
+    }
+    if !target.exists() {
+        std::fs::File::create(&target).map_err(|source| RootfsError::Mkdir {
+            path: target.clone(),
+            source,
+        })?;
+    }
+    let source = hidden.join(file);
+    let what = format!("file {file} of share {tag}");
+    mount_raw(
+        &source.to_string_lossy(),
+        &target,
+        "",
+        MsFlags::MS_BIND,
+        None,
+        &what,
+    )?;
+    if m.readonly {
+        mount_raw(
+            "none",
+            &target,
+            "",
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+            &what,
+        )?;
+    }
+    Ok(())
 }
 
 fn do_mount(fstype: &str, target: &Path, opts: &MountOpts) -> Result<(), RootfsError> {
@@ -398,6 +456,7 @@ mod tests {
             source: MountSource::Fs(t.into()),
             options: opts.iter().map(|s| s.to_string()).collect(),
             readonly: false,
+            share_file: None,
         }
     }
 
@@ -412,6 +471,7 @@ mod tests {
                 source: MountSource::Share("vol0".into()),
                 options: vec![],
                 readonly: true,
+                share_file: None,
             },
         ];
         let (defaults, extra) = plan(&mounts);

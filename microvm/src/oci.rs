@@ -270,23 +270,51 @@ fn mounts(spec: &Spec, bundle: &Path, shares: &mut Vec<Share>) -> Result<Vec<Mou
             } else {
                 bundle.join(source)
             };
-            if !source.is_dir() {
+            // A VM shares directories: a file travels as its parent
+            // directory plus its name, and the guest binds just that file.
+            // The guest kernel (not the container) then sees the file's
+            // siblings too, read-only when the mount is.
+            let (dir, share_file) = if source.is_dir() {
+                (source, None)
+            } else if source.is_file() {
+                let name = source.file_name().map(|n| n.to_string_lossy().into_owned());
+                match (source.parent(), name) {
+                    (Some(parent), Some(name)) => (parent.to_path_buf(), Some(name)),
+                    _ => {
+                        return Err(refuse(format!(
+                            "bind source {} has no parent",
+                            source.display()
+                        )))
+                    }
+                }
+            } else {
                 return Err(refuse(format!(
-                    "bind source {} is not a directory (a VM can share directories only)",
+                    "bind source {} is neither a directory nor a regular file",
                     source.display()
                 )));
-            }
-            let tag = format!("vol{}", shares.len() - 1);
-            shares.push(Share {
-                tag: tag.clone(),
-                host_path: source,
-                readonly,
-            });
+            };
+            let tag = match shares
+                .iter()
+                .skip(1)
+                .find(|s| s.host_path == dir && s.readonly == readonly && share_file.is_some())
+            {
+                Some(s) => s.tag.clone(),
+                None => {
+                    let tag = format!("vol{}", shares.len() - 1);
+                    shares.push(Share {
+                        tag: tag.clone(),
+                        host_path: dir,
+                        readonly,
+                    });
+                    tag
+                }
+            };
             out.push(Mount {
                 destination,
                 source: MountSource::Share(tag),
                 options: Vec::new(),
                 readonly,
+                share_file,
             });
         } else if GUEST_FS_TYPES.contains(&typ.as_str()) {
             out.push(Mount {
@@ -294,6 +322,7 @@ fn mounts(spec: &Spec, bundle: &Path, shares: &mut Vec<Share>) -> Result<Vec<Mou
                 source: MountSource::Fs(typ),
                 options,
                 readonly,
+                share_file: None,
             });
         } else {
             return Err(refuse(format!(
@@ -443,6 +472,35 @@ mod tests {
             load(bundle(c).path()),
             Err(BundleError::Mount { .. })
         ));
+    }
+
+    #[test]
+    fn file_binds_share_their_directory_once() {
+        let mut c = base();
+        let b = bundle(json!({}));
+        let etc = b.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::write(etc.join("hosts"), "127.0.0.1 x\n").unwrap();
+        std::fs::write(etc.join("hostname"), "x\n").unwrap();
+        c["mounts"] = json!([
+            {"destination": "/etc/hosts", "type": "bind", "source": etc.join("hosts"), "options": ["rbind", "rw"]},
+            {"destination": "/etc/hostname", "type": "bind", "source": etc.join("hostname"), "options": ["rbind", "rw"]},
+            {"destination": "/etc/ro-hosts", "type": "bind", "source": etc.join("hosts"), "options": ["rbind", "ro"]}
+        ]);
+        std::fs::write(b.path().join("config.json"), c.to_string()).unwrap();
+        let p = load(b.path()).unwrap();
+        let m = &p.run.mounts;
+        assert_eq!(m[0].share_file.as_deref(), Some("hosts"));
+        assert_eq!(m[1].share_file.as_deref(), Some("hostname"));
+        // One read-write share of the directory, one read-only.
+        assert_eq!(m[0].source, m[1].source);
+        assert_ne!(m[0].source, m[2].source);
+        assert_eq!(p.shares.len(), 3);
+        assert!(p.shares[2].readonly);
+        assert_eq!(
+            p.shares[1].host_path,
+            etc.canonicalize().unwrap_or(etc.clone())
+        );
     }
 
     #[test]

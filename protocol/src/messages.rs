@@ -70,6 +70,10 @@ pub struct Mount {
     pub source: MountSource,
     pub options: Vec<String>,
     pub readonly: bool,
+    /// With a share: bind only this file of it (a bare name) onto the
+    /// destination. VMs share directories, so a file bind mount travels as
+    /// its parent directory plus the file's name.
+    pub share_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,11 +314,31 @@ impl TryFrom<pb::Mount> for Mount {
         for o in &options {
             no_nul("mount.options", o)?;
         }
+        let share_file = if m.share_file.is_empty() {
+            None
+        } else {
+            let f = &m.share_file;
+            no_nul("mount.share_file", f)?;
+            if f.contains('/') || f == "." || f == ".." {
+                return Err(invalid(
+                    "mount.share_file",
+                    format!("{f:?} is not a file name"),
+                ));
+            }
+            if !matches!(source, MountSource::Share(_)) {
+                return Err(invalid(
+                    "mount.share_file",
+                    "set on a mount that is not a share",
+                ));
+            }
+            Some(m.share_file)
+        };
         Ok(Mount {
             destination: m.destination,
             source,
             options,
             readonly: m.readonly,
+            share_file,
         })
     }
 }
@@ -329,6 +353,7 @@ impl From<&Mount> for pb::Mount {
             }),
             options: m.options.clone(),
             readonly: m.readonly,
+            share_file: m.share_file.clone().unwrap_or_default(),
             ..Default::default()
         }
     }
@@ -594,12 +619,21 @@ mod tests {
                     source: MountSource::Share("vol0".into()),
                     options: vec!["ro".into()],
                     readonly: true,
+                    share_file: None,
+                },
+                Mount {
+                    destination: "/etc/hosts".into(),
+                    source: MountSource::Share("vol1".into()),
+                    options: vec![],
+                    readonly: false,
+                    share_file: Some("hosts".into()),
                 },
                 Mount {
                     destination: "/scratch".into(),
                     source: MountSource::Fs("tmpfs".into()),
                     options: vec!["size=1m".into()],
                     readonly: false,
+                    share_file: None,
                 },
             ],
             memory_limit_bytes: Some(64 << 20),
@@ -677,6 +711,12 @@ mod tests {
         let mut r = sample_run();
         r.root.share_tag.clear();
         rejects(r, "run.root.share_tag");
+        let mut r = sample_run();
+        r.mounts[1].share_file = Some("../etc/shadow".into());
+        rejects(r, "mount.share_file");
+        let mut r = sample_run();
+        r.mounts[2].share_file = Some("x".into());
+        rejects(r, "mount.share_file");
     }
 
     #[test]
