@@ -635,7 +635,7 @@ fn parallel_runs_all_succeed() {
     let Some(ctd) = Containerd::start(true) else {
         return;
     };
-    const N: usize = 4;
+    const N: usize = 8;
     let runners: Vec<_> = (0..N)
         .map(|i| {
             let id = ctd.id(&format!("par{i}"));
@@ -680,6 +680,7 @@ fn pause_resume_metrics_kill_and_delete_a_detached_task() {
     let Some(ctd) = Containerd::start(false) else {
         return;
     };
+    let events = ctd.events();
     let id = ctd.id("created");
     let o = ctd.ctr(&[
         "containers",
@@ -713,9 +714,26 @@ fn pause_resume_metrics_kill_and_delete_a_detached_task() {
     let r = ctd.ctr(&["tasks", "resume", &id]);
     assert_eq!(r.code(), 0, "{}", r.err());
     wait_status(&ctd, &id, "RUNNING", Duration::from_secs(10));
-    let k = ctd.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
+    let topics = events.wait_for(&id, "/tasks/resumed", 1, Duration::from_secs(30));
+    let paused = topics.iter().position(|t| t == "/tasks/paused");
+    let resumed = topics.iter().position(|t| t == "/tasks/resumed");
+    assert!(paused.is_some() && paused < resumed, "{topics:?}");
+    // An exec in its own VM, then kill --all ends the task and the exec.
+    let e = ctd.ctr(&[
+        "tasks",
+        "exec",
+        "-d",
+        "--exec-id",
+        "bg",
+        &id,
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(e.code(), 0, "{}", e.err());
+    let k = ctd.ctr(&["tasks", "kill", "--all", "-s", "SIGKILL", &id]);
     assert_eq!(k.code(), 0, "{}", k.err());
     wait_status(&ctd, &id, "STOPPED", Duration::from_secs(30));
+    events.wait_for(&id, "/tasks/exit", 2, Duration::from_secs(30));
     cleanup_task(&ctd, &id);
     ctd.assert_nothing_left();
 }
@@ -1151,5 +1169,226 @@ fn log_uri_binary_matches_runc() {
     );
     assert!(seen[1].1.starts_with("out\n1\n"), "{:?}", seen[1].1);
     assert_eq!(seen[1].2, "err\n");
+    ctd.assert_nothing_left();
+}
+
+nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
+nix::ioctl_write_int_bad!(tiocsctty, libc::TIOCSCTTY);
+
+/// Sets the window size of the terminal `fd` is a side of.
+fn set_winsize(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which points
+    // at a live local; `fd` is open for the call.
+    unsafe { tiocswinsz(std::os::fd::AsRawFd::as_raw_fd(&fd), &ws) }.expect("TIOCSWINSZ");
+}
+
+/// `ctr run -t` on a pseudo-terminal of ours, as from an interactive shell.
+struct TtyRun {
+    child: Child,
+    master: std::os::fd::OwnedFd,
+    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+}
+
+impl TtyRun {
+    fn start(ctd: &Containerd, args: &[&str], rows: u16, cols: u16) -> TtyRun {
+        use std::os::unix::process::CommandExt;
+        let ws = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&ws), None).expect("openpty");
+        let slave = std::fs::File::from(pty.slave);
+        let mut c = ctd.cmd(args);
+        c.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave);
+        // SAFETY: between fork and exec the closure only makes async-signal-
+        // safe system calls (setsid, ioctl) on fd 0, which is the slave.
+        unsafe {
+            c.pre_exec(|| {
+                // Its own session with the slave as controlling terminal.
+                nix::unistd::setsid()?;
+                tiocsctty(0, 0)?;
+                Ok(())
+            });
+        }
+        let child = c.spawn().expect("spawn ctr run -t");
+        // Our copies of the slave went with `c`: the master reads EIO once
+        // ctr is gone.
+        drop(c);
+        let reader = std::fs::File::from(pty.master.try_clone().unwrap());
+        let (tx, chunks) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = reader;
+            let mut buf = [0u8; 4096];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        TtyRun {
+            child,
+            master: pty.master,
+            chunks,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The non-empty lines the terminal showed so far, without "\r".
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.seen)
+            .split('\n')
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// Reads until the terminal showed `n` complete non-empty lines.
+    fn wait_lines(&mut self, n: usize, within: Duration, what: &str) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let complete = {
+                let text = String::from_utf8_lossy(&self.seen).into_owned();
+                let upto = text.rfind('\n').map_or("", |i| &text[..i]);
+                upto.split('\n')
+                    .filter(|l| !l.trim_end_matches('\r').is_empty())
+                    .count()
+            };
+            if complete >= n {
+                return self.lines();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.chunks.recv_timeout(left) {
+                Ok(c) => self.seen.extend_from_slice(&c),
+                Err(_) => panic!(
+                    "{what}: no {n} lines within {within:?}; the terminal showed {:?}",
+                    String::from_utf8_lossy(&self.seen)
+                ),
+            }
+        }
+    }
+
+    fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsFd;
+        set_winsize(self.master.as_fd(), rows, cols);
+        // ctr leads the terminal's foreground group, so the kernel already
+        // sent it SIGWINCH; one more only repeats the same ResizePty.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGWINCH,
+        );
+    }
+
+    fn type_line(&self, line: &str) {
+        let mut m = std::fs::File::from(self.master.try_clone().unwrap());
+        m.write_all(line.as_bytes()).unwrap();
+        m.write_all(b"\n").unwrap();
+    }
+
+    /// Waits for ctr to exit; returns its exit code and all it showed.
+    fn wait(mut self, within: Duration) -> (i32, String) {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "ctr run -t did not exit within {within:?}; the terminal showed {:?}",
+                    String::from_utf8_lossy(&self.seen)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // What is left in the pty after the exit.
+        while let Ok(c) = self.chunks.recv_timeout(Duration::from_millis(500)) {
+            self.seen.extend_from_slice(&c);
+        }
+        (
+            status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&self.seen).into_owned(),
+        )
+    }
+}
+
+#[test]
+fn tty_and_resize_match_runc() {
+    let Some(ctd) = Containerd::start(false) else {
+        return;
+    };
+    // ctr (1.6, Linux) puts no consoleSize in the spec: the first size is
+    // the ResizePty it sends right after Start, which may come after the
+    // process started. The process waits for it (bounded), shows it, waits
+    // for a line, waits (bounded) for the size to change, shows it again.
+    let script = "i=0; while [ \"$(mu2-probe winsize)\" = '0 0' ] && [ $i -lt 100 ]; \
+                  do sleep 0.1; i=$((i+1)); done; \
+                  s=$(mu2-probe winsize); echo \"size $s\"; read x; \
+                  i=0; while [ \"$(mu2-probe winsize)\" = \"$s\" ] && [ $i -lt 100 ]; \
+                  do sleep 0.1; i=$((i+1)); done; \
+                  echo \"size $(mu2-probe winsize)\"; tty";
+    let mut seen = Vec::new();
+    for (rt, runtime) in [("runc", RUNC), ("mu2", MU2)] {
+        let id = ctd.id(&format!("tty-{rt}"));
+        let args = [
+            "run",
+            "-t",
+            "--rm",
+            "--runtime",
+            runtime,
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            script,
+        ];
+        let mut run = TtyRun::start(&ctd, &args, 33, 111);
+        let first = run.wait_lines(1, Duration::from_secs(120), rt);
+        assert_eq!(
+            first,
+            ["size 33 111"],
+            "{rt}: first size\n{}",
+            tail(&ctd.log(), 30)
+        );
+        run.resize(40, 120);
+        std::thread::sleep(Duration::from_secs(1));
+        run.type_line("go");
+        let (code, shown) = run.wait(Duration::from_secs(60));
+        assert_eq!(
+            code,
+            0,
+            "{rt}: ctr run -t exit; the terminal showed {shown:?}\n{}",
+            tail(&ctd.log(), 30)
+        );
+        // The pty echoes the typed line; the rest is the process's output
+        // with "\r\n" line ends.
+        let lines: Vec<String> = shown
+            .split('\n')
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .filter(|l| !l.is_empty() && l != "go")
+            .collect();
+        assert_eq!(lines.len(), 3, "{rt}: the terminal showed {shown:?}");
+        assert_eq!(lines[0], "size 33 111", "{rt}: {shown:?}");
+        assert_eq!(lines[1], "size 40 120", "{rt}: resize; {shown:?}");
+        assert!(lines[2].starts_with("/dev/pts/"), "{rt}: tty: {shown:?}");
+        seen.push(lines[..2].to_vec());
+    }
+    assert_eq!(seen[1], seen[0], "mu2's terminal differs from runc's");
     ctd.assert_nothing_left();
 }
