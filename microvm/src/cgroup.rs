@@ -313,41 +313,29 @@ impl VmCgroup {
         &self.dirs
     }
 
-    fn dir_of(&self, pick: impl Fn(&Layout) -> &PathBuf) -> PathBuf {
-        let root = pick(&self.layout);
-        let id = self.dirs[0].file_name().unwrap_or_default();
-        root.join(PARENT).join(id)
-    }
-
     /// Stops every thread of the VMM: the VM is paused.
     pub fn freeze(&self) -> Result<(), CgroupError> {
-        match &self.layout {
-            Layout::V2(_) => write(&self.dirs[0].join("cgroup.freeze"), "1"),
-            Layout::V1 { .. } => write(
-                &self
-                    .dir_of(|l| match l {
-                        Layout::V1 { freezer, .. } => freezer,
-                        Layout::V2(r) => r,
-                    })
-                    .join("freezer.state"),
-                "FROZEN",
-            ),
-        }
+        self.set_frozen(true)
     }
 
     /// Lets the VMM run again.
     pub fn thaw(&self) -> Result<(), CgroupError> {
+        self.set_frozen(false)
+    }
+
+    fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
         match &self.layout {
-            Layout::V2(_) => write(&self.dirs[0].join("cgroup.freeze"), "0"),
-            Layout::V1 { .. } => write(
-                &self
-                    .dir_of(|l| match l {
-                        Layout::V1 { freezer, .. } => freezer,
-                        Layout::V2(r) => r,
-                    })
-                    .join("freezer.state"),
-                "THAWED",
+            Layout::V2(_) => write(
+                &self.dirs[0].join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
             ),
+            Layout::V1 { freezer, .. } => {
+                let id = self.dirs[0].file_name().unwrap_or_default();
+                write(
+                    &freezer.join(PARENT).join(id).join("freezer.state"),
+                    if frozen { "FROZEN" } else { "THAWED" },
+                )
+            }
         }
     }
 
