@@ -379,16 +379,7 @@ impl VmCgroup {
         // A frozen cgroup must be thawed for its dying tasks to leave.
         let _ = self.thaw();
         for dir in &self.dirs {
-            for _ in 0..100 {
-                match fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-            if dir.exists() {
-                log::warn!("cgroup {} could not be removed", dir.display());
-            }
+            rmdir_retrying(dir);
         }
     }
 }
@@ -399,26 +390,75 @@ impl Drop for VmCgroup {
     }
 }
 
-/// Every cgroup directory a VM of this id would have, whether or not it
-/// exists (for leak checks).
-pub fn paths_for(id: &str) -> Vec<PathBuf> {
+/// Removes a cgroup directory; its last tasks may take a moment to leave.
+fn rmdir_retrying(dir: &Path) -> bool {
+    for _ in 0..200 {
+        match fs::remove_dir(dir) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    log::warn!("cgroup {} could not be removed", dir.display());
+    false
+}
+
+/// The hierarchy roots of this host's layout.
+fn roots() -> Vec<PathBuf> {
     let Ok(mi) = fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
     match layout(&mi) {
-        Ok(Layout::V2(root)) => vec![root.join(PARENT).join(id)],
+        Ok(Layout::V2(root)) => vec![root],
         Ok(Layout::V1 {
             memory,
             cpu,
             cpuacct,
             pids,
             freezer,
-        }) => [memory, cpu, cpuacct, pids, freezer]
-            .into_iter()
-            .map(|r| r.join(PARENT).join(id))
-            .collect(),
+        }) => {
+            let mut v = vec![memory, cpu, cpuacct, pids, freezer];
+            v.dedup();
+            v
+        }
         Err(_) => Vec::new(),
     }
+}
+
+/// Removes the cgroups that an owner which died without cleaning up (a
+/// SIGKILLed shim) left for VM `id` and for the VMs named `id.*` (its
+/// execs). Its VMMs died with it; a frozen cgroup is thawed first. Returns
+/// how many directories were removed.
+pub fn remove_left_behind(id: &str) -> usize {
+    let mut removed = 0;
+    let exec_prefix = format!("{id}.");
+    for root in roots() {
+        let Ok(rd) = fs::read_dir(root.join(PARENT)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let dir = e.path();
+            if (name != id && !name.starts_with(&exec_prefix)) || !dir.is_dir() {
+                continue;
+            }
+            let _ = fs::write(dir.join("cgroup.freeze"), "0");
+            let _ = fs::write(dir.join("freezer.state"), "THAWED");
+            if rmdir_retrying(&dir) {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// Every cgroup directory a VM of this id would have, whether or not it
+/// exists (for leak checks).
+pub fn paths_for(id: &str) -> Vec<PathBuf> {
+    roots()
+        .into_iter()
+        .map(|r| r.join(PARENT).join(id))
+        .collect()
 }
 
 #[cfg(test)]

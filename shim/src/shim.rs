@@ -57,10 +57,16 @@ impl containerd_shim::Shim for Service {
 
     /// containerd runs this after a shim died. QEMU died with it (its
     /// parent-death signal); what is left on the host is the rootfs mount
-    /// and the shim's socket.
+    /// and the shim's socket, and the VMMs' cgroups.
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
         log::info!("delete action for {} in {}", self.id, self.bundle.display());
         crate::mount::unmount_rootfs(&self.bundle);
+        let vm = crate::task::vm_id(&self.id, "");
+        let n = mu2_microvm::cgroup::remove_left_behind(&vm);
+        log::info!(
+            "delete action for {}: removed {n} cgroup(s) of its vms",
+            self.id
+        );
         Ok(DeleteResponse {
             pid: 0,
             exit_status: STATUS_VM_GONE,

@@ -68,7 +68,7 @@ pub struct TaskService {
 }
 
 /// A VM id from containerd's ids: `[A-Za-z0-9_.-]{1,64}`.
-fn vm_id(id: &str, exec_id: &str) -> String {
+pub(crate) fn vm_id(id: &str, exec_id: &str) -> String {
     let raw = if exec_id.is_empty() {
         id.to_string()
     } else {

@@ -275,6 +275,24 @@ impl Containerd {
                 left.push(format!("{}: {}", what[0], o.out().trim()));
             }
         }
+        // The VMMs' cgroups: /sys/fs/cgroup/mu2 (v2) or /sys/fs/cgroup/*/mu2 (v1).
+        let cg = PathBuf::from("/sys/fs/cgroup");
+        let roots = std::iter::once(cg.clone()).chain(
+            std::fs::read_dir(&cg)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path()),
+        );
+        for root in roots {
+            if let Ok(rd) = std::fs::read_dir(root.join("mu2")) {
+                for e in rd.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(&self.prefix()) {
+                        left.push(format!("cgroup {}", e.path().display()));
+                    }
+                }
+            }
+        }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         for l in mounts.lines() {
             if l.contains(&state) {
