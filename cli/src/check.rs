@@ -10,7 +10,10 @@ pub fn check(guest_dir: Option<&Path>) -> bool {
     let mut ok = true;
     let verdict = accel::probe(Path::new("/"));
     println!("accel: {:?} ({})", verdict.accel, verdict.reason);
-    match Command::new("qemu-system-x86_64").arg("--version").output() {
+    match Command::new(mu2_microvm::spec::DEFAULT_QEMU)
+        .arg("--version")
+        .output()
+    {
         Ok(o) if o.status.success() => println!(
             "qemu: {}",
             String::from_utf8_lossy(&o.stdout)

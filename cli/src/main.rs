@@ -30,7 +30,7 @@ enum Command {
         #[arg(long, env = "MU2_ACCEL", default_value = "auto")]
         accel: AccelChoice,
         /// The QEMU binary.
-        #[arg(long, env = "MU2_QEMU", default_value = "qemu-system-x86_64")]
+        #[arg(long, env = "MU2_QEMU", default_value = mu2_microvm::spec::DEFAULT_QEMU)]
         qemu: PathBuf,
         /// Print boot and run times to stderr.
         #[arg(long)]

@@ -20,9 +20,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mu2_microvm::oci::{self, BundleError};
-use mu2_microvm::spec::{DEFAULT_READY_TIMEOUT, DEFAULT_TB_SIZE_MIB};
 use mu2_microvm::vm::{ControlSender, CONSOLE_TAIL_LINES};
-use mu2_microvm::{guest::GuestImageError, AccelChoice, GuestImage, Vm, VmError, VmSpec};
+use mu2_microvm::{guest::GuestImageError, AccelChoice, GuestImage, Vm, VmError};
 use mu2_protocol::{Exit, GuestMsg, HostMsg, StartFailReason};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook::iterator::Signals;
@@ -118,19 +117,8 @@ pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
     let mut plan = oci::load(&opts.bundle)?;
     let image = GuestImage::locate(opts.guest_dir.as_deref())?;
     let id = opts.id.clone().unwrap_or_else(default_id);
-    let spec = VmSpec {
-        id: id.clone(),
-        qemu: opts.qemu.clone(),
-        kernel: image.kernel,
-        initrd: image.initrd,
-        memory_mib: plan.memory_mib,
-        vcpus: plan.vcpus,
-        accel: opts.accel.resolve(),
-        shares: plan.shares.clone(),
-        ready_timeout: DEFAULT_READY_TIMEOUT,
-        tb_size_mib: DEFAULT_TB_SIZE_MIB,
-        debug: opts.debug,
-    };
+    let mut spec = plan.vm_spec(id.clone(), &image, opts.qemu.clone(), opts.accel.resolve());
+    spec.debug = opts.debug;
     let terminal = plan.run.process.terminal;
     if terminal && plan.run.process.console_size.is_none() {
         plan.run.process.console_size = tty::window_size();

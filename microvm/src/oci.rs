@@ -16,7 +16,12 @@ use std::path::{Path, PathBuf};
 use mu2_protocol::{ConsoleSize, Mount, MountSource, Process, Rlimit, Root, Run, User};
 use oci_spec::runtime::Spec;
 
-use crate::spec::{Share, DEFAULT_MEMORY_MIB, MAX_MEMORY_MIB, MAX_VCPUS};
+use crate::accel::Accel;
+use crate::guest::GuestImage;
+use crate::spec::{
+    Share, VmSpec, DEFAULT_MEMORY_MIB, DEFAULT_READY_TIMEOUT, DEFAULT_TB_SIZE_MIB, MAX_MEMORY_MIB,
+    MAX_VCPUS,
+};
 
 /// The share tag of the image's rootfs.
 pub const ROOTFS_TAG: &str = "rootfs";
@@ -61,6 +66,26 @@ pub struct Plan {
     pub vcpus: u32,
     pub shares: Vec<Share>,
     pub run: Run,
+}
+
+impl Plan {
+    /// The spec of VM `id` that runs this plan on `image`, with the default
+    /// deadline and translation cache, and a quiet console.
+    pub fn vm_spec(&self, id: String, image: &GuestImage, qemu: PathBuf, accel: Accel) -> VmSpec {
+        VmSpec {
+            id,
+            qemu,
+            kernel: image.kernel.clone(),
+            initrd: image.initrd.clone(),
+            memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
+            accel,
+            shares: self.shares.clone(),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            tb_size_mib: DEFAULT_TB_SIZE_MIB,
+            debug: false,
+        }
+    }
 }
 
 /// Reads and maps `BUNDLE/config.json`.

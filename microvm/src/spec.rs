@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use crate::accel::Accel;
 
+/// The QEMU binary, looked up in PATH, unless configured otherwise.
+pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 /// Guest RAM when config.json sets no memory limit.
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
 /// Smallest guest RAM that boots Debian's kernel with our initramfs.

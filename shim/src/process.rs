@@ -179,6 +179,16 @@ impl Process {
         rx.recv().map_err(|_| ShimError::OwnerGone(self.what()))?
     }
 
+    /// Hands a command to the VM's owner thread; a gone owner has nothing
+    /// left to act on.
+    fn send_cmd(&self, cmd: Cmd) {
+        let _ = self
+            .cmds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(cmd);
+    }
+
     /// Delivers `signal` to the process (or all its processes).
     pub fn kill(self: &Arc<Self>, signal: u32, all: bool) -> Result<(), ShimError> {
         let signal = i32::try_from(signal)
@@ -189,11 +199,7 @@ impl Process {
             Status::Created => {
                 // No process yet: the VM is the process. It dies of the
                 // signal, as a created runc container's init would.
-                let _ = self
-                    .cmds
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .send(Cmd::Kill(signal));
+                self.send_cmd(Cmd::Kill(signal));
                 Ok(())
             }
             Status::Running => {
@@ -278,11 +284,7 @@ impl Process {
     pub fn force_end(&self) {
         match self.status() {
             Status::Created => {
-                let _ = self
-                    .cmds
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .send(Cmd::Kill(libc::SIGKILL));
+                self.send_cmd(Cmd::Kill(libc::SIGKILL));
             }
             Status::Running => self.kill_vm(),
             _ => return,

@@ -23,7 +23,7 @@ use containerd_shim::protos::shim::shim::{
 use containerd_shim::protos::types::task::{ProcessInfo, Status as ApiStatus};
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use mu2_microvm::oci::{self, Plan};
-use mu2_microvm::spec::{DEFAULT_READY_TIMEOUT, DEFAULT_TB_SIZE_MIB};
+use mu2_microvm::spec::DEFAULT_QEMU;
 use mu2_microvm::{AccelChoice, GuestImage, VmSpec};
 
 use crate::error::ShimError;
@@ -99,22 +99,11 @@ fn vm_spec(id: String, plan: &Plan, image: &GuestImage) -> VmSpec {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_default();
-    VmSpec {
-        id,
-        qemu: std::env::var_os(QEMU_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64")),
-        kernel: image.kernel.clone(),
-        initrd: image.initrd.clone(),
-        memory_mib: plan.memory_mib,
-        vcpus: plan.vcpus,
-        accel: accel.resolve(),
-        shares: plan.shares.clone(),
-        ready_timeout: DEFAULT_READY_TIMEOUT,
-        tb_size_mib: DEFAULT_TB_SIZE_MIB,
-        debug: false,
-    }
+    let qemu = std::env::var_os(QEMU_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_QEMU));
+    plan.vm_spec(id, image, qemu, accel.resolve())
 }
 
 fn mount_rootfs(req: &CreateTaskRequest, bundle: &Path) -> Result<bool, ShimError> {
