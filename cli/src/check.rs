@@ -1,8 +1,14 @@
 //! `mu2 check`: what this host offers mu2, one line per fact.
+//!
+//! The jail comes last and is never quiet: a jail the operator disabled
+//! prints DISABLED (VMs still run, so the check passes); a jail without a
+//! uid range, a host that cannot jail, a policy that does not parse or a
+//! missing jailer fail the check, since every launch would fail.
 
 use std::path::Path;
 use std::process::Command;
 
+use mu2_microvm::jail::{self, JailMode};
 use mu2_microvm::{accel, GuestImage};
 
 /// Prints the report; false when mu2 cannot run VMs here.
@@ -36,6 +42,61 @@ pub fn check(guest_dir: Option<&Path>) -> bool {
     match accel::host_tsc_khz() {
         Some(khz) => println!("host tsc: {khz} kHz"),
         None => println!("host tsc: unknown (TCG guests calibrate it themselves)"),
+    }
+    ok &= check_jail();
+    ok
+}
+
+/// The jail's lines; false when the jail would refuse every launch.
+fn check_jail() -> bool {
+    let mode = match JailMode::load() {
+        Ok(m) => m,
+        Err(e) => {
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            println!("jail: {e}{cause}; every launch will fail");
+            return false;
+        }
+    };
+    println!("{}", mode.describe());
+    let cfg = match mode {
+        JailMode::Disabled { .. } => return true,
+        JailMode::Jailed(cfg) => cfg,
+    };
+    let mut ok = cfg.ids.is_some();
+    match jail::probe_host() {
+        Ok(()) => println!("jail host: seccomp and mnt, pid, ipc, uts, net, user namespaces"),
+        Err(e) => {
+            println!("jail host: {e}");
+            ok = false;
+        }
+    }
+    let policy = jail::seccomp::POLICY_JSON;
+    match (
+        jail::seccomp::syscall_names(policy),
+        jail::seccomp::enosys_names(policy),
+    ) {
+        (Ok(allowed), Ok(enosys)) => println!(
+            "jail seccomp: {} syscalls allowed, {} failing with ENOSYS ({})",
+            allowed.len(),
+            enosys.len(),
+            jail::seccomp::POLICY_PATH
+        ),
+        (Err(e), _) | (_, Err(e)) => {
+            println!("jail seccomp: {e}");
+            ok = false;
+        }
+    }
+    let jailer = cfg.jailer_path();
+    if jailer.is_file() {
+        println!("jailer: {}", jailer.display());
+    } else {
+        println!(
+            "jailer: {} not found (run scripts/install)",
+            jailer.display()
+        );
+        ok = false;
     }
     ok
 }

@@ -51,6 +51,8 @@ pub enum RunError {
     Guest(#[from] GuestImageError),
     #[error(transparent)]
     Vm(#[from] VmError),
+    #[error("cannot read the mu2 configuration")]
+    Config(#[from] mu2_microvm::jail::config::ConfigError),
     #[error("{message}")]
     StartFailed {
         reason: StartFailReason,
@@ -117,7 +119,14 @@ pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
     let mut plan = oci::load(&opts.bundle)?;
     let image = GuestImage::locate(opts.guest_dir.as_deref())?;
     let id = opts.id.clone().unwrap_or_else(default_id);
-    let mut spec = plan.vm_spec(id.clone(), &image, opts.qemu.clone(), opts.accel.resolve());
+    let jail = mu2_microvm::jail::JailMode::load()?;
+    let mut spec = plan.vm_spec(
+        id.clone(),
+        &image,
+        opts.qemu.clone(),
+        opts.accel.resolve(),
+        jail,
+    );
     spec.debug = opts.debug;
     let terminal = plan.run.process.terminal;
     if terminal && plan.run.process.console_size.is_none() {

@@ -18,6 +18,7 @@ pub mod accel;
 pub mod cgroup;
 pub mod console;
 pub mod guest;
+pub mod jail;
 pub mod oci;
 pub mod qemu;
 pub mod spec;

@@ -71,7 +71,14 @@ pub struct Plan {
 impl Plan {
     /// The spec of VM `id` that runs this plan on `image`, with the default
     /// deadline and translation cache, and a quiet console.
-    pub fn vm_spec(&self, id: String, image: &GuestImage, qemu: PathBuf, accel: Accel) -> VmSpec {
+    pub fn vm_spec(
+        &self,
+        id: String,
+        image: &GuestImage,
+        qemu: PathBuf,
+        accel: Accel,
+        jail: crate::jail::JailMode,
+    ) -> VmSpec {
         VmSpec {
             id,
             qemu,
@@ -84,6 +91,7 @@ impl Plan {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             tb_size_mib: DEFAULT_TB_SIZE_MIB,
             debug: false,
+            jail,
         }
     }
 }

@@ -191,8 +191,51 @@ pub fn kernel_cmdline(spec: &VmSpec, tsc_khz: Option<u64>) -> String {
 /// QEMU's built-in seccomp sandbox, everything denied that it can deny.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
-/// The complete argument list (without the program name).
-pub fn command_line(spec: &VmSpec, fds: ChannelFds, tsc_khz: Option<u64>) -> Vec<String> {
+/// The QMP socket of a jailed VM, inside its jail.
+pub const QMP_SOCKET: &str = "/run/qmp.sock";
+
+/// QMP, the machine protocol, on a unix socket QEMU listens on.
+pub struct Qmp<'a> {
+    pub socket: &'a Path,
+}
+impl QemuOption for Qmp<'_> {
+    fn args(&self) -> Vec<String> {
+        vec![
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", path(self.socket)),
+        ]
+    }
+}
+
+/// Files QEMU reads besides its libraries: the microvm firmware and the
+/// PVH option ROM, and (TCG) the accelerator module. Only those present.
+pub fn data_files(qemu: &Path, accel: Accel) -> Vec<std::path::PathBuf> {
+    let Some(prefix) = qemu
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().and_then(|d| d.parent()).map(Path::to_path_buf))
+    else {
+        return Vec::new();
+    };
+    let mut files = vec![
+        prefix.join("share/qemu/bios-microvm.bin"),
+        prefix.join("share/qemu/pvh.bin"),
+    ];
+    if accel == Accel::Tcg {
+        files.push(prefix.join("lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so"));
+    }
+    files.retain(|f| f.is_file());
+    files
+}
+
+/// The complete argument list (without the program name). `qmp`: a QMP
+/// socket path (jailed VMs only).
+pub fn command_line(
+    spec: &VmSpec,
+    fds: ChannelFds,
+    tsc_khz: Option<u64>,
+    qmp: Option<&Path>,
+) -> Vec<String> {
     use mu2_protocol::port;
     let name = format!("mu2-{}", spec.id);
     let mut opts: Vec<Box<dyn QemuOption + '_>> = vec![
@@ -246,6 +289,9 @@ pub fn command_line(spec: &VmSpec, fds: ChannelFds, tsc_khz: Option<u64>) -> Vec
         "-sandbox".into(),
         SANDBOX.into(),
     ];
+    if let Some(socket) = qmp {
+        opts.push(Box::new(Qmp { socket }));
+    }
     for o in opts {
         args.extend(o.args());
     }
@@ -271,7 +317,7 @@ mod tests {
 
     #[test]
     fn machine_and_hygiene_flags() {
-        let a = command_line(&spec(), FDS, None);
+        let a = command_line(&spec(), FDS, None, None);
         assert!(has_pair(&a, "-M", "microvm"));
         assert!(has_pair(&a, "-name", "mu2-t1"));
         assert!(has_pair(
@@ -288,7 +334,7 @@ mod tests {
     #[test]
     fn tcg_gets_a_small_translation_cache_and_the_tsc_hint() {
         let s = spec();
-        let a = command_line(&s, FDS, Some(2_793_436));
+        let a = command_line(&s, FDS, Some(2_793_436), None);
         assert!(has_pair(&a, "-accel", "tcg,tb-size=64"));
         let cmdline = kernel_cmdline(&s, Some(2_793_436));
         assert!(cmdline.contains("tsc_early_khz=2793436"));
@@ -299,7 +345,7 @@ mod tests {
     fn kvm_uses_the_host_cpu_and_no_tsc_hint() {
         let mut s = spec();
         s.accel = Accel::Kvm;
-        let a = command_line(&s, FDS, Some(1000));
+        let a = command_line(&s, FDS, Some(1000), None);
         assert!(has_pair(&a, "-accel", "kvm"));
         assert!(has_pair(&a, "-cpu", "host"));
         assert!(!kernel_cmdline(&s, Some(1000)).contains("tsc_early_khz"));
@@ -310,7 +356,7 @@ mod tests {
         let mut s = spec();
         s.memory_mib = 160;
         s.vcpus = 2;
-        let a = command_line(&s, FDS, None);
+        let a = command_line(&s, FDS, None, None);
         assert!(has_pair(&a, "-m", "160M"));
         assert!(has_pair(&a, "-smp", "2"));
         assert!(has_pair(&a, "-kernel", "/guest/vmlinux"));
@@ -319,7 +365,7 @@ mod tests {
 
     #[test]
     fn channels_are_inherited_fds_on_named_ports() {
-        let a = command_line(&spec(), FDS, None);
+        let a = command_line(&spec(), FDS, None, None);
         assert!(has_pair(&a, "-chardev", "socket,id=console,fd=10"));
         assert!(has_pair(&a, "-serial", "chardev:console"));
         assert!(has_pair(&a, "-chardev", "socket,id=control,fd=11"));
@@ -343,7 +389,7 @@ mod tests {
             host_path: "/srv/a,b".into(),
             readonly: false,
         }];
-        let a = command_line(&s, FDS, None);
+        let a = command_line(&s, FDS, None, None);
         assert!(has_pair(
             &a,
             "-fsdev",
@@ -354,11 +400,20 @@ mod tests {
             "-device",
             "virtio-9p-device,fsdev=fs0,mount_tag=vol0"
         ));
-        let a = command_line(&spec(), FDS, None);
+        let a = command_line(&spec(), FDS, None, None);
         assert!(has_pair(
             &a,
             "-fsdev",
             "local,id=fs0,path=/,security_model=none,readonly=on"
         ));
+    }
+
+    #[test]
+    fn qmp_is_a_unix_socket_only_when_asked() {
+        let a = command_line(&spec(), FDS, None, None);
+        assert!(!a.iter().any(|x| x == "-qmp"));
+        let a = command_line(&spec(), FDS, None, Some(Path::new(QMP_SOCKET)));
+        let i = a.iter().position(|x| x == "-qmp").unwrap();
+        assert_eq!(a[i + 1], "unix:/run/qmp.sock,server=on,wait=off");
     }
 }

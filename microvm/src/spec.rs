@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::accel::Accel;
+use crate::jail::JailMode;
 
 /// The QEMU binary, looked up in PATH, unless configured otherwise.
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
@@ -48,6 +49,8 @@ pub struct VmSpec {
     pub tb_size_mib: u32,
     /// Verbose guest console (`mu2.debug=1`) echoed to our stderr.
     pub debug: bool,
+    /// The jail QEMU runs in (docs/jailer.md), or its explicit absence.
+    pub jail: JailMode,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -72,6 +75,7 @@ impl VmSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         let id_ok = !self.id.is_empty()
             && self.id.len() <= 64
+            && !self.id.starts_with('.')
             && self
                 .id
                 .bytes()
@@ -110,6 +114,24 @@ impl VmSpec {
     }
 }
 
+/// Where the jail puts the kernel and initrd, and the shares.
+pub const JAIL_KERNEL: &str = "/guest/vmlinux";
+pub const JAIL_INITRD: &str = "/guest/initrd.img";
+pub const JAIL_SHARES: &str = "/shares";
+
+impl VmSpec {
+    /// The same spec with the paths QEMU sees inside its jail.
+    pub fn jail_view(&self) -> VmSpec {
+        let mut v = self.clone();
+        v.kernel = JAIL_KERNEL.into();
+        v.initrd = JAIL_INITRD.into();
+        for s in &mut v.shares {
+            s.host_path = PathBuf::from(JAIL_SHARES).join(&s.tag);
+        }
+        v
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -131,6 +153,9 @@ pub(crate) mod tests {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             tb_size_mib: DEFAULT_TB_SIZE_MIB,
             debug: false,
+            jail: JailMode::Disabled {
+                source: "/test".into(),
+            },
         }
     }
 
@@ -144,6 +169,10 @@ pub(crate) mod tests {
         let mut s = spec();
         s.id = "a,b".into();
         assert!(matches!(s.validate(), Err(SpecError::Id(_))));
+        for bad in [".", "..", ".hidden"] {
+            s.id = bad.into();
+            assert!(matches!(s.validate(), Err(SpecError::Id(_))), "{bad}");
+        }
         let mut s = spec();
         s.memory_mib = 8;
         assert_eq!(s.validate(), Err(SpecError::Memory(8)));

@@ -12,6 +12,7 @@
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,8 +24,12 @@ use mu2_protocol::{
 
 use crate::cgroup::{self, CgroupError, Limits, VmCgroup};
 use crate::console::ConsoleTail;
+use crate::jail::{self, JailError, JailMode, JailRequest, JailResources};
 use crate::qemu::{self, ChannelFds};
 use crate::spec::{SpecError, VmSpec};
+
+/// How long a jailer has to kill and reap QEMU after SIGTERM.
+const JAILER_GRACE: Duration = Duration::from_secs(5);
 
 /// Lines of console shown in a boot-failure error.
 pub const CONSOLE_TAIL_LINES: usize = 20;
@@ -44,6 +49,12 @@ pub enum VmError {
         id: String,
         #[source]
         source: io::Error,
+    },
+    #[error("cannot jail vm {id}")]
+    Jail {
+        id: String,
+        #[source]
+        source: JailError,
     },
     #[error("cannot start {qemu}")]
     Spawn {
@@ -104,7 +115,12 @@ impl ControlSender {
 
 pub struct Vm {
     id: String,
+    /// QEMU itself, or, when jailed, the jailer (QEMU's parent).
     child: Child,
+    /// QEMU's pid as the host sees it.
+    qemu_pid: u32,
+    /// The jail's directory and id claim, released after the reap.
+    jail: Option<JailResources>,
     reaped: Option<ExitStatus>,
     control: UnixStream,
     sender: ControlSender,
@@ -137,6 +153,14 @@ impl Vm {
         spec.validate()?;
         let started = Instant::now();
         let id = spec.id.clone();
+        if let JailMode::Jailed(cfg) = &spec.jail {
+            // Before this VM's cgroup exists: a dead owner's VM may have had
+            // the same name.
+            let swept = jail::sweep(cfg);
+            if swept > 0 {
+                log::info!("swept {swept} jail(s) left by owners that died");
+            }
+        }
         let cgroup = VmCgroup::create(&id, Limits::for_vm(spec.memory_mib, spec.vcpus)).map_err(
             |source| VmError::Cgroup {
                 id: id.clone(),
@@ -159,23 +183,60 @@ impl Vm {
             crate::Accel::Tcg => crate::accel::host_tsc_khz(),
             crate::Accel::Kvm => None,
         };
-        let args = qemu::command_line(spec, fds, tsc);
-        log::debug!("vm {id}: {} {}", spec.qemu.display(), args.join(" "));
-        let mut cmd = Command::new(&spec.qemu);
-        cmd.args(&args)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        crate::sys::prepare_child(
-            &mut cmd,
-            vec![fds.console, fds.control, fds.stdin, fds.stdout, fds.stderr],
-            cgroup.procs_fds(),
-        );
-        let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
-            qemu: spec.qemu.display().to_string(),
-            source,
-        })?;
+        let procs = cgroup.procs_fds();
+        let channel_fds = vec![fds.console, fds.control, fds.stdin, fds.stdout, fds.stderr];
+        let (mut child, qemu_pid, jail, qemu_stderr) = match &spec.jail {
+            JailMode::Disabled { .. } => {
+                let args = qemu::command_line(spec, fds, tsc, None);
+                log::debug!("vm {id}: {} {}", spec.qemu.display(), args.join(" "));
+                let mut cmd = Command::new(&spec.qemu);
+                cmd.args(&args)
+                    .env_clear()
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
+                crate::sys::prepare_child(&mut cmd, channel_fds, procs);
+                let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
+                    qemu: spec.qemu.display().to_string(),
+                    source,
+                })?;
+                let pid = child.id();
+                let stderr = child.stderr.take();
+                (child, pid, None, stderr)
+            }
+            JailMode::Jailed(cfg) => {
+                let jail_err = |source| VmError::Jail {
+                    id: id.clone(),
+                    source,
+                };
+                let program =
+                    find_program(&spec.qemu).map_err(|e| jail_err(JailError::Input(e)))?;
+                let view = spec.jail_view();
+                let args = qemu::command_line(&view, fds, tsc, Some(Path::new(qemu::QMP_SOCKET)));
+                log::debug!("vm {id}: jailed {} {}", program.display(), args.join(" "));
+                let req = JailRequest {
+                    id: id.clone(),
+                    system_files: qemu::data_files(&program, spec.accel),
+                    program,
+                    args,
+                    inputs: vec![
+                        (spec.kernel.clone(), view.kernel.clone()),
+                        (spec.initrd.clone(), view.initrd.clone()),
+                    ],
+                    shares: spec
+                        .shares
+                        .iter()
+                        .zip(&view.shares)
+                        .map(|(s, v)| (s.host_path.clone(), v.host_path.clone(), s.readonly))
+                        .collect(),
+                    keep_fds: channel_fds,
+                    cgroup_procs: procs,
+                    kvm: spec.accel == crate::Accel::Kvm,
+                };
+                let j = jail::spawn(cfg, &req).map_err(jail_err)?;
+                (j.jailer, j.pid, Some(j.resources), j.stderr)
+            }
+        };
         // QEMU holds its ends now; ours must go so that QEMU's exit reads
         // as EOF here.
         drop((
@@ -186,10 +247,13 @@ impl Vm {
             stderr.theirs,
         ));
         let (console_tail, console_thread) = ConsoleTail::spawn(console.ours, spec.debug);
-        let qemu_stderr = child.stderr.take().map(read_to_tail);
+        let qemu_stderr = qemu_stderr.map(read_to_tail);
+        let _ = child.stderr.take();
         let mut vm = Vm {
             id: id.clone(),
             child,
+            qemu_pid,
+            jail,
             reaped: None,
             sender: ControlSender {
                 id: id.clone().into(),
@@ -319,7 +383,25 @@ impl Vm {
 
     /// The QEMU process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.qemu_pid
+    }
+
+    /// Whether QEMU runs in a jail.
+    pub fn jailed(&self) -> bool {
+        self.jail.is_some()
+    }
+
+    /// The jail's directory on the host (empty there: the jail is a tmpfs
+    /// in QEMU's own mount namespace, seen at /proc/PID/root).
+    pub fn jail_dir(&self) -> Option<&Path> {
+        self.jail.as_ref().map(|j| j.dir.as_path())
+    }
+
+    /// The QMP socket, reached through QEMU's root (jailed VMs only).
+    pub fn qmp_path(&self) -> Option<std::path::PathBuf> {
+        self.jail.as_ref().map(|_| {
+            std::path::PathBuf::from(format!("/proc/{}/root{}", self.qemu_pid, qemu::QMP_SOCKET))
+        })
     }
 
     pub fn ready(&self) -> &Ready {
@@ -405,12 +487,42 @@ impl Vm {
 
     /// SIGKILLs QEMU and reaps it. Idempotent.
     pub fn kill(&mut self) {
-        if self.reaped.is_none() {
+        if self.reaped.is_some() {
+            return;
+        }
+        if self.jail.is_none() {
             let _ = self.child.kill();
             // A frozen (paused) VMM does not die until it is thawed.
             let _ = self.cgroup.thaw();
             self.wait_reaped();
+            return;
         }
+        // The jailer kills QEMU, reaps it and exits: once it is reaped,
+        // QEMU is gone too.
+        let jailer = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(jailer, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.cgroup.thaw();
+        let deadline = Instant::now() + JAILER_GRACE;
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(s)) => {
+                    self.reaped = Some(s);
+                    return;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => break,
+            }
+        }
+        log::warn!(
+            "vm {}: the jailer did not end; killing it and QEMU",
+            self.id
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.qemu_pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.kill();
+        self.wait_reaped();
     }
 
     fn wait_reaped(&mut self) -> Option<ExitStatus> {
@@ -475,4 +587,17 @@ fn read_to_tail<R: Read + Send + 'static>(mut r: R) -> (ConsoleTail, JoinHandle<
         }
     });
     (tail, h)
+}
+
+/// `program` as an absolute path: as given when it has a slash, else
+/// looked up in PATH.
+fn find_program(program: &Path) -> Result<PathBuf, String> {
+    if program.components().count() > 1 {
+        return Ok(program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{} is not in PATH", program.display()))
 }

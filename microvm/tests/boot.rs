@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use mu2_microvm::jail::JailMode;
 use mu2_microvm::spec::{DEFAULT_READY_TIMEOUT, DEFAULT_TB_SIZE_MIB};
 use mu2_microvm::{cgroup, AccelChoice, GuestImage, Share, Vm, VmError, VmSpec};
 
@@ -33,6 +34,19 @@ fn spec(id: &str, kernel: &Path, initrd: &Path) -> VmSpec {
         ready_timeout: DEFAULT_READY_TIMEOUT,
         tb_size_mib: DEFAULT_TB_SIZE_MIB,
         debug: false,
+        jail: jail_mode(),
+    }
+}
+
+/// The host's jail configuration (scripts/install writes it), with this
+/// build's jailer.
+fn jail_mode() -> JailMode {
+    match JailMode::load().expect("mu2 configuration") {
+        JailMode::Jailed(mut c) => {
+            c.jailer = Some(env!("CARGO_BIN_EXE_mu2-jailer").into());
+            JailMode::Jailed(c)
+        }
+        disabled => disabled,
     }
 }
 

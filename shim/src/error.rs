@@ -30,6 +30,8 @@ pub enum ShimError {
     Guest(#[from] GuestImageError),
     #[error(transparent)]
     Vm(#[from] VmError),
+    #[error("cannot read the mu2 configuration")]
+    Config(#[from] mu2_microvm::jail::config::ConfigError),
     #[error("cannot start the process of {what}: {message}")]
     StartFailed {
         what: String,
@@ -89,6 +91,7 @@ impl ShimError {
             }
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
             ShimError::Vm(_)
+            | ShimError::Config(_)
             | ShimError::VmGone(_)
             | ShimError::Io { .. }
             | ShimError::LogBinary { .. }

@@ -57,14 +57,27 @@ impl containerd_shim::Shim for Service {
 
     /// containerd runs this after a shim died. QEMU died with it (its
     /// parent-death signal); what is left on the host is the rootfs mount
-    /// and the shim's socket, and the VMMs' cgroups.
+    /// and the shim's socket, the VMMs' cgroups and their jails'
+    /// directories and claim files.
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
         log::info!("delete action for {} in {}", self.id, self.bundle.display());
         crate::mount::unmount_rootfs(&self.bundle);
         let vm = crate::task::vm_id(&self.id, "");
         let n = mu2_microvm::cgroup::remove_left_behind(&vm);
+        // The jails' claims were released by the kernel when the VMMs died;
+        // their directories and claim files stay until removed here.
+        let j = match mu2_microvm::jail::JailMode::load() {
+            Ok(mu2_microvm::jail::JailMode::Jailed(cfg)) => {
+                mu2_microvm::jail::remove_left_behind(&cfg, &vm)
+            }
+            Ok(_) => 0,
+            Err(e) => {
+                log::warn!("delete action for {}: {e}", self.id);
+                0
+            }
+        };
         log::info!(
-            "delete action for {}: removed {n} cgroup(s) of its vms",
+            "delete action for {}: removed {n} cgroup(s) and {j} jail leftover(s) of its vms",
             self.id
         );
         Ok(DeleteResponse {

@@ -94,7 +94,7 @@ pub(crate) fn vm_id(id: &str, exec_id: &str) -> String {
     s
 }
 
-fn vm_spec(id: String, plan: &Plan, image: &GuestImage) -> VmSpec {
+fn vm_spec(id: String, plan: &Plan, image: &GuestImage) -> Result<VmSpec, ShimError> {
     let accel: AccelChoice = std::env::var(ACCEL_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -103,7 +103,8 @@ fn vm_spec(id: String, plan: &Plan, image: &GuestImage) -> VmSpec {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_QEMU));
-    plan.vm_spec(id, image, qemu, accel.resolve())
+    let jail = mu2_microvm::jail::JailMode::load()?;
+    Ok(plan.vm_spec(id, image, qemu, accel.resolve(), jail))
 }
 
 fn mount_rootfs(req: &CreateTaskRequest, bundle: &Path) -> Result<bool, ShimError> {
@@ -186,7 +187,7 @@ impl TaskService {
         let init = Process::launch(Launch {
             container_id: req.id.clone(),
             exec_id: String::new(),
-            spec: vm_spec(vm_id(&req.id, ""), &plan, &image),
+            spec: vm_spec(vm_id(&req.id, ""), &plan, &image)?,
             run: plan.run.clone(),
             stdio: stdio.clone(),
             events: self.events.clone(),
@@ -251,7 +252,7 @@ impl TaskService {
         let proc = Process::launch(Launch {
             container_id: c.id.clone(),
             exec_id: req.exec_id.clone(),
-            spec: vm_spec(vm_id(&c.id, &req.exec_id), &c.plan, &c.image),
+            spec: vm_spec(vm_id(&c.id, &req.exec_id), &c.plan, &c.image)?,
             run,
             stdio: StdioPaths {
                 stdin: req.stdin.clone(),

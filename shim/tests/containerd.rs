@@ -293,6 +293,19 @@ impl Containerd {
                 }
             }
         }
+        // The VMMs' jails: their directories and id claims.
+        for (dir, by_content) in [("/run/mu2/jail", false), ("/run/mu2/ids", true)] {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = if by_content {
+                    std::fs::read_to_string(e.path()).unwrap_or_default()
+                } else {
+                    e.file_name().to_string_lossy().into_owned()
+                };
+                if name.starts_with(&self.prefix()) {
+                    left.push(format!("jail {} ({name})", e.path().display()));
+                }
+            }
+        }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         for l in mounts.lines() {
             if l.contains(&state) {

@@ -210,6 +210,10 @@ pub fn assert_nothing_left(id: &str, bundle: &Path) {
     for dir in mu2_microvm::cgroup::paths_for(id) {
         assert!(!dir.exists(), "cgroup {} left behind", dir.display());
     }
+    if let Ok(mu2_microvm::jail::JailMode::Jailed(cfg)) = mu2_microvm::jail::JailMode::load() {
+        let left = mu2_microvm::jail::leftovers(&cfg, id);
+        assert!(left.is_empty(), "jail of {id} left behind: {left:?}");
+    }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let b = bundle.display().to_string();
     for line in mountinfo.lines() {
