@@ -83,3 +83,30 @@ PY
 now_ns() {
     date +%s%N
 }
+
+# start_private_containerd DIR: starts a containerd whose socket (DIR/c.sock),
+# root and state all live under DIR (CRI plugin off), waits for its socket,
+# and sets CTD_PID. stop_private_containerd DIR stops it and removes DIR.
+start_private_containerd() {
+    local dir=$1
+    need_cmd containerd ctr
+    cat >"$dir/config.toml" <<CONF
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$dir/c.sock"
+CONF
+    containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
+    CTD_PID=$!
+    for _ in $(seq 100); do [[ -S $dir/c.sock ]] && break; sleep 0.1; done
+    [[ -S $dir/c.sock ]] || die "containerd did not start: $(tail -5 "$dir/containerd.log")"
+}
+
+stop_private_containerd() {
+    local dir=$1
+    kill "${CTD_PID:-}" 2>/dev/null || true
+    wait "${CTD_PID:-}" 2>/dev/null || true
+    rm -rf -- "$dir"
+}
