@@ -592,6 +592,70 @@ fn exec_runs_in_its_own_vm() {
     ctd.assert_nothing_left();
 }
 
+/// The VMM of a running containerd task is jailed: every thread filtered,
+/// without privileges, as a host uid of the configured range, in its own
+/// namespaces, with the jail as its root; its exec's VMM too.
+#[test]
+fn a_running_tasks_vmm_is_jailed() {
+    let Some(ctd) = Containerd::start(false) else {
+        return;
+    };
+    let id = ctd.id("jailed");
+    let o = ctd.ctr(&["run", "-d", "--runtime", MU2, IMAGE, &id, "sleep", "600"]);
+    assert_eq!(o.code(), 0, "{}", o.err());
+    wait_status(&ctd, &id, "RUNNING", Duration::from_secs(60));
+    let pid = task_pid(&ctd, &id);
+    let threads: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        threads.len() > 1,
+        "QEMU {pid} has {} thread(s)",
+        threads.len()
+    );
+    for t in &threads {
+        let status = std::fs::read_to_string(t.join("status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("no {name} in {}", t.display()))
+                .to_string()
+        };
+        assert_eq!(field("Seccomp:"), "2", "{}", t.display());
+        assert_eq!(field("NoNewPrivs:"), "1", "{}", t.display());
+        for cap in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(field(cap), "0000000000000000", "{cap} of {}", t.display());
+        }
+        for ids in ["Uid:", "Gid:"] {
+            let v: Vec<u64> = field(ids)
+                .split_whitespace()
+                .map(|x| x.parse().unwrap())
+                .collect();
+            assert!(v.iter().all(|&x| x >= 65536 && x == v[0]), "{ids} {v:?}");
+        }
+    }
+    for ns in ["mnt", "pid", "net", "ipc", "uts", "user"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "QEMU shares the host's {ns} namespace");
+    }
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    assert!(root.join("guest/vmlinux").is_file());
+    assert!(root.join("shares/rootfs/bin/busybox").is_file());
+    for host in ["etc/passwd", "run/containerd", "tmp", "root", "var"] {
+        assert!(
+            !root.join(host).exists(),
+            "{host} is reachable from the jail"
+        );
+    }
+    cleanup_task(&ctd, &id);
+    ctd.assert_nothing_left();
+}
+
 #[test]
 fn sigkill_of_qemu_publishes_the_exit() {
     let Some(ctd) = Containerd::start(false) else {
