@@ -322,8 +322,13 @@ fn build(plan: &Plan, userns: &File) -> Result<(), JailError> {
 fn bind(b: &Bind, target: &Path, userns: &File) -> Result<(), JailError> {
     let src = CString::new(b.source.as_os_str().as_bytes())
         .map_err(|_| JailError::Input("path with NUL".into()))?;
-    let tree = sys::open_tree_clone(&src, false)
+    let path = sys::open_no_symlinks(&src).map_err(ioerr(format!(
+        "cannot open {} (without following a symlink)",
+        b.source.display()
+    )))?;
+    let tree = sys::open_tree_clone_fd(&path)
         .map_err(ioerr(format!("cannot open {}", b.source.display())))?;
+    drop(path);
     let m = File::from(tree.try_clone().map_err(ioerr("dup"))?)
         .metadata()
         .map_err(ioerr(format!("cannot stat {}", b.source.display())))?;

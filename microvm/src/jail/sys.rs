@@ -11,6 +11,8 @@ const SYS_OPEN_TREE: libc::c_long = 428;
 const SYS_MOVE_MOUNT: libc::c_long = 429;
 const SYS_CLOSE_RANGE: libc::c_long = 436;
 const SYS_MOUNT_SETATTR: libc::c_long = 442;
+const SYS_OPENAT2: libc::c_long = 437;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
@@ -56,6 +58,47 @@ pub fn open_tree_clone(path: &CStr, recursive: bool) -> io::Result<OwnedFd> {
     let fd = check(unsafe { libc::syscall(SYS_OPEN_TREE, libc::AT_FDCWD, path.as_ptr(), flags) })?;
     // SAFETY: fd is a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Opens `path` as an O_PATH fd, refusing a symlink in *any* component
+/// (`openat2` with RESOLVE_NO_SYMLINKS): the path checked is the path
+/// opened, with no window to swap a directory for a link.
+pub fn open_no_symlinks(path: &CStr) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: openat2 reads the NUL-terminated path and `how` (size given);
+    // it returns a new fd that we own, or -1.
+    let fd = check(unsafe {
+        libc::syscall(
+            SYS_OPENAT2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    })?;
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A detached copy of the mount at the file `fd` refers to.
+pub fn open_tree_clone_fd(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    // SAFETY: open_tree on an fd with an empty path; returns a new fd or -1.
+    let t = check(unsafe { libc::syscall(SYS_OPEN_TREE, fd.as_raw_fd(), c"".as_ptr(), flags) })?;
+    // SAFETY: t is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(t as RawFd) })
 }
 
 /// Sets `attrs` (MOUNT_ATTR_*) on the detached mount `tree`; with
