@@ -92,17 +92,7 @@ impl RunError {
 /// The error and its causes on one line (the console tail, when there is
 /// one, follows on its own lines).
 pub fn describe(e: &RunError) -> String {
-    let mut s = e.to_string();
-    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
+    mu2_microvm::describe_error(e)
 }
 
 fn default_id() -> String {

@@ -29,3 +29,19 @@ pub use accel::{Accel, AccelChoice};
 pub use guest::GuestImage;
 pub use spec::{Share, VmSpec};
 pub use vm::{Vm, VmError};
+
+/// An error and its causes on one line, each cause once (a cause whose text
+/// its wrapper already shows is not repeated).
+pub fn describe_error(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -55,7 +55,9 @@ pub struct VmSpec {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
-    #[error("invalid vm id {0:?}: use 1-64 characters of A-Z a-z 0-9 _ . -")]
+    #[error(
+        "invalid vm id {0:?}: use 1-64 characters of A-Z a-z 0-9 _ . -, not starting with a dot"
+    )]
     Id(String),
     #[error("guest memory of {0} MiB is outside {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB} MiB")]
     Memory(u32),
@@ -73,13 +75,8 @@ pub enum SpecError {
 
 impl VmSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
-        let id_ok = !self.id.is_empty()
-            && self.id.len() <= 64
-            && !self.id.starts_with('.')
-            && self
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        // The id names the jail directory and cgroups: one rule for all.
+        let id_ok = crate::jail::valid_id(&self.id);
         if !id_ok {
             return Err(SpecError::Id(self.id.clone()));
         }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use mu2_microvm::jail::JailMode;
-use mu2_microvm::spec::{DEFAULT_READY_TIMEOUT, DEFAULT_TB_SIZE_MIB};
-use mu2_microvm::{cgroup, AccelChoice, GuestImage, Share, Vm, VmError, VmSpec};
+use mu2_microvm::{cgroup, GuestImage, Vm, VmError, VmSpec};
+
+mod common;
 
 fn image() -> Option<GuestImage> {
     if !nix::unistd::geteuid().is_root() {
@@ -18,36 +18,7 @@ fn image() -> Option<GuestImage> {
 }
 
 fn spec(id: &str, kernel: &Path, initrd: &Path) -> VmSpec {
-    VmSpec {
-        id: id.into(),
-        qemu: "qemu-system-x86_64".into(),
-        kernel: kernel.into(),
-        initrd: initrd.into(),
-        memory_mib: 256,
-        vcpus: 1,
-        accel: AccelChoice::Auto.resolve(),
-        shares: vec![Share {
-            tag: "rootfs".into(),
-            host_path: "/usr/share/doc".into(),
-            readonly: true,
-        }],
-        ready_timeout: DEFAULT_READY_TIMEOUT,
-        tb_size_mib: DEFAULT_TB_SIZE_MIB,
-        debug: false,
-        jail: jail_mode(),
-    }
-}
-
-/// The host's jail configuration (scripts/install writes it), with this
-/// build's jailer.
-fn jail_mode() -> JailMode {
-    match JailMode::load().expect("mu2 configuration") {
-        JailMode::Jailed(mut c) => {
-            c.jailer = Some(env!("CARGO_BIN_EXE_mu2-jailer").into());
-            JailMode::Jailed(c)
-        }
-        disabled => disabled,
-    }
+    common::spec(id, kernel, initrd, common::jail_mode())
 }
 
 fn qemu_of(id: &str) -> Vec<u32> {

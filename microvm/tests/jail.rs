@@ -19,8 +19,9 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use mu2_microvm::jail::{self, JailConfig, JailError, JailMode, JailRequest};
-use mu2_microvm::spec::{DEFAULT_READY_TIMEOUT, DEFAULT_TB_SIZE_MIB};
-use mu2_microvm::{cgroup, AccelChoice, GuestImage, Share, Vm, VmError, VmSpec};
+use mu2_microvm::{cgroup, GuestImage, Vm, VmError, VmSpec};
+
+mod common;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -40,14 +41,13 @@ fn image() -> Option<GuestImage> {
 
 /// The host's jail configuration with this build's jailer.
 fn jail_config() -> JailConfig {
-    match JailMode::load().expect("mu2 configuration") {
-        JailMode::Jailed(mut c) => {
+    match common::jail_mode() {
+        JailMode::Jailed(c) => {
             assert!(
                 c.ids.is_some(),
                 "the jail tests need `uid_range` under [jail] in {} (scripts/install)",
                 c.source.display()
             );
-            c.jailer = Some(env!("CARGO_BIN_EXE_mu2-jailer").into());
             c
         }
         JailMode::Disabled { source } => {
@@ -59,26 +59,7 @@ fn jail_config() -> JailConfig {
     }
 }
 
-fn spec(id: &str, kernel: &Path, initrd: &Path, jail: JailMode) -> VmSpec {
-    VmSpec {
-        id: id.into(),
-        qemu: "qemu-system-x86_64".into(),
-        kernel: kernel.into(),
-        initrd: initrd.into(),
-        memory_mib: 256,
-        vcpus: 1,
-        accel: AccelChoice::Auto.resolve(),
-        shares: vec![Share {
-            tag: "rootfs".into(),
-            host_path: "/usr/share/doc".into(),
-            readonly: true,
-        }],
-        ready_timeout: DEFAULT_READY_TIMEOUT,
-        tb_size_mib: DEFAULT_TB_SIZE_MIB,
-        debug: false,
-        jail,
-    }
-}
+use common::spec;
 
 fn unique_id(tag: &str) -> String {
     format!("jt-{tag}-{}", std::process::id())
@@ -212,18 +193,6 @@ fn assert_nothing_left(cfg: &JailConfig, id: &str) {
     for d in cgroup::paths_for(id) {
         assert!(!d.exists(), "cgroup {} survived", d.display());
     }
-}
-
-/// `e` and its sources, one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 const NO_CAPS: &str = "0000000000000000";
@@ -732,12 +701,12 @@ mod jail_released_on_every_end {
 
     /// Not a test: the owner process of `owner_killed_*` (re-executed with
     /// OWNER_ENV = the VM id). Launches a jailed VM, prints
-    /// "owner qemu=<pid> jailer=<pid>" and sleeps until killed.
+    /// "owner qemu=<pid> jailer=<pid>" and sleeps until killed. Ignored in
+    /// a normal run, where it would have nothing to do.
     #[test]
+    #[ignore = "the owner process of owner_killed_*, run by them"]
     fn owner_helper() {
-        let Ok(id) = std::env::var(OWNER_ENV) else {
-            return;
-        };
+        let id = std::env::var(OWNER_ENV).expect("run by owner_killed_* only");
         let id = id.as_str();
         let img = GuestImage::locate(None).unwrap();
         let vm = Vm::launch(&spec(
@@ -767,6 +736,7 @@ mod jail_released_on_every_end {
             .args([
                 "--exact",
                 "jail_released_on_every_end::owner_helper",
+                "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -840,7 +810,11 @@ mod jail_released_on_every_end {
         // (remove_left_behind) or by the next launch's sweep; a VM another
         // test launches meanwhile may already have swept it.
         if stop_qemu {
-            jail::sweep(&cfg);
+            // As the next launches would: sweep until the VMM is all gone.
+            wait_until(Duration::from_secs(10), || {
+                jail::sweep(&cfg);
+                jail::leftovers(&cfg, &id).is_empty()
+            });
         } else {
             let removed = jail::remove_left_behind(&cfg, &id);
             assert!(removed <= 2, "removed {removed} things for one VM");
@@ -1094,7 +1068,11 @@ fn launch_refused(s: &VmSpec) -> JailError {
             assert_eq!(id, s.id);
             source
         }
-        Err(other) => panic!("vm {}: not a jail error: {}", s.id, chain(&other)),
+        Err(other) => panic!(
+            "vm {}: not a jail error: {}",
+            s.id,
+            mu2_microvm::describe_error(&other)
+        ),
     }
 }
 
@@ -1120,7 +1098,7 @@ fn fails_closed_and_leaves_nothing() {
         JailMode::Jailed(unconfigured),
     );
     let err = Vm::launch(&s).err().expect("launch without a uid range");
-    let msg = chain(&err);
+    let msg = mu2_microvm::describe_error(&err);
     assert!(
         matches!(&err, VmError::Jail { source: JailError::NotConfigured(p), .. } if p == source),
         "{msg}"
@@ -1138,7 +1116,7 @@ fn fails_closed_and_leaves_nothing() {
     let id = unique_id("symlink");
     match launch_refused(&spec(&id, &link, &img.initrd, jailed.clone())) {
         JailError::Input(m) => assert!(m.contains("symlink"), "{m}"),
-        other => panic!("{}", chain(&other)),
+        other => panic!("{}", mu2_microvm::describe_error(&other)),
     }
     assert_nothing_left(&cfg, &id);
 
@@ -1149,7 +1127,7 @@ fn fails_closed_and_leaves_nothing() {
     let id = unique_id("hardlink");
     match launch_refused(&spec(&id, &copy, &img.initrd, jailed.clone())) {
         JailError::Input(m) => assert!(m.contains("hard link"), "{m}"),
-        other => panic!("{}", chain(&other)),
+        other => panic!("{}", mu2_microvm::describe_error(&other)),
     }
     assert_nothing_left(&cfg, &id);
 
@@ -1161,7 +1139,7 @@ fn fails_closed_and_leaves_nothing() {
     s.shares[0].host_path = tmp.path().join("link/share");
     match launch_refused(&s) {
         JailError::Input(m) => assert!(m.contains("symlink"), "{m}"),
-        other => panic!("{}", chain(&other)),
+        other => panic!("{}", mu2_microvm::describe_error(&other)),
     }
     assert_nothing_left(&cfg, &id);
 
@@ -1182,7 +1160,7 @@ fn fails_closed_and_leaves_nothing() {
     std::fs::write(&marker, "mine").unwrap();
     match launch_refused(&spec(&id, &img.kernel, &img.initrd, jailed.clone())) {
         JailError::Exists(d) => assert_eq!(d, dir),
-        other => panic!("{}", chain(&other)),
+        other => panic!("{}", mu2_microvm::describe_error(&other)),
     }
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "mine");
     assert!(qemu_of(&id).is_empty());

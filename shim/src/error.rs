@@ -66,19 +66,7 @@ pub enum ShimError {
 }
 
 /// The error and its causes, on one line.
-pub fn describe(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
-}
+pub use mu2_microvm::describe_error as describe;
 
 impl ShimError {
     pub fn code(&self) -> Code {

@@ -9,6 +9,9 @@
 //! runs alone. After each test: no QEMU, shim, task, container, mount or
 //! state directory of that test is left.
 
+mod common;
+use common::{procs, tail};
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -46,21 +49,6 @@ fn image_tar() -> &'static Path {
         assert!(st.success(), "scripts/build-test-image failed");
         out
     })
-}
-
-fn skip_reason() -> Option<&'static str> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("the containerd tests need root");
-    }
-    for bin in ["containerd", "ctr", "runc", "qemu-system-x86_64"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-            .unwrap_or(false);
-        if !found {
-            return Some("containerd, ctr, runc or qemu-system-x86_64 is not installed");
-        }
-    }
-    None
 }
 
 struct Out {
@@ -127,7 +115,7 @@ struct Containerd {
 
 impl Containerd {
     fn start(exclusive: bool) -> Option<Containerd> {
-        if let Some(why) = skip_reason() {
+        if let Some(why) = common::skip_reason("containerd") {
             eprintln!("skipping: {why}");
             return None;
         }
@@ -150,26 +138,7 @@ impl Containerd {
             state = d.join("state").display(),
             sock = d.join("c.sock").display(),
         );
-        std::fs::write(d.join("config.toml"), config).unwrap();
-        let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-mu2-v1"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let path = std::env::join_paths(
-            std::iter::once(shim_dir)
-                .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
-        )
-        .unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
+        let child = common::spawn_containerd(d, &config);
         let ctd = Containerd {
             child: Some(child),
             dir,
@@ -275,37 +244,9 @@ impl Containerd {
                 left.push(format!("{}: {}", what[0], o.out().trim()));
             }
         }
-        // The VMMs' cgroups: /sys/fs/cgroup/mu2 (v2) or /sys/fs/cgroup/*/mu2 (v1).
-        let cg = PathBuf::from("/sys/fs/cgroup");
-        let roots = std::iter::once(cg.clone()).chain(
-            std::fs::read_dir(&cg)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path()),
-        );
-        for root in roots {
-            if let Ok(rd) = std::fs::read_dir(root.join("mu2")) {
-                for e in rd.flatten() {
-                    if e.file_name().to_string_lossy().starts_with(&self.prefix()) {
-                        left.push(format!("cgroup {}", e.path().display()));
-                    }
-                }
-            }
-        }
-        // The VMMs' jails: their directories and id claims.
-        for (dir, by_content) in [("/run/mu2/jail", false), ("/run/mu2/ids", true)] {
-            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let name = if by_content {
-                    std::fs::read_to_string(e.path()).unwrap_or_default()
-                } else {
-                    e.file_name().to_string_lossy().into_owned()
-                };
-                if name.starts_with(&self.prefix()) {
-                    left.push(format!("jail {} ({name})", e.path().display()));
-                }
-            }
-        }
+        // The VMMs' cgroups and jails.
+        let prefix = self.prefix();
+        left.extend(common::vm_leftovers(|name| name.starts_with(&prefix)));
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         for l in mounts.lines() {
             if l.contains(&state) {
@@ -352,49 +293,9 @@ impl Drop for Containerd {
                 );
             }
         }
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
         // The snapshotter's mounts under root must go before the dir.
-        let root = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for l in mounts.lines() {
-            if let Some(mp) = l.split(' ').nth(4) {
-                if mp.starts_with(&root) {
-                    let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
-                }
-            }
-        }
+        common::stop_containerd(self.child.take(), self.dir.path());
     }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<_> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// (pid, command line) of every process.
-fn procs() -> Vec<(u32, String)> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            let s = String::from_utf8_lossy(&c).replace('\0', " ");
-            v.push((pid, s));
-        }
-    }
-    v
 }
 
 /// Runs `cmd` under runc, then under mu2, and compares what ctr reports.

@@ -23,6 +23,9 @@
 //! container). Afterwards nothing of the test is left: no sandbox, no
 //! container, no shim, no QEMU, no mount under the temp dir.
 
+mod common;
+use common::{procs, tail};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -51,21 +54,6 @@ const DEADLINE: Duration = Duration::from_secs(180);
 /// One pod at a time: at most two VMs, and the process checks of one test
 /// never see the other's.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn skip_reason() -> Option<&'static str> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("the CRI tests need root");
-    }
-    for bin in ["containerd", "ctr", "runc", "qemu-system-x86_64"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-            .unwrap_or(false);
-        if !found {
-            return Some("containerd, ctr, runc or qemu-system-x86_64 is not installed");
-        }
-    }
-    None
-}
 
 fn test_rootfs() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -171,24 +159,9 @@ fn build_image_archive(rootfs: &Path, out: &Path) {
     archive.into_inner().unwrap();
 }
 
-/// (pid, command line) of every process.
-fn procs() -> Vec<(u32, String)> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            let s = String::from_utf8_lossy(&c).replace('\0', " ");
-            v.push((pid, s));
-        }
-    }
-    v
-}
-
-/// Cgroups of `ids` still there: runc's (`k8s.io/<id>`, the CRI default
-/// parent with cgroupfs) and mu2's VMM cgroups (`mu2/<id>`), in every v1
-/// hierarchy and in the v2 tree.
+/// What of `ids` is still there: runc's cgroups (`k8s.io/<id>`, the CRI
+/// default parent with cgroupfs, in every v1 hierarchy and the v2 tree),
+/// and mu2's VMM cgroups and jails.
 fn leftover_cgroups(ids: &[&str]) -> Vec<String> {
     let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
     if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
@@ -196,21 +169,15 @@ fn leftover_cgroups(ids: &[&str]) -> Vec<String> {
     }
     let mut left = Vec::new();
     for root in roots {
-        for parent in ["k8s.io", "mu2"] {
-            for id in ids {
-                let dir = root.join(parent).join(id);
-                if dir.is_dir() {
-                    left.push(format!("cgroup {}", dir.display()));
-                }
+        for id in ids {
+            let dir = root.join("k8s.io").join(id);
+            if dir.is_dir() {
+                left.push(format!("cgroup {}", dir.display()));
             }
         }
     }
+    left.extend(common::vm_leftovers(|name| ids.contains(&name)));
     left
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<_> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Runs `fut` with the test's deadline.
@@ -279,26 +246,7 @@ state = "{state}"
             cni_conf = d.join("cni-conf").display(),
             runc_root = d.join("runc").display(),
         );
-        std::fs::write(d.join("config.toml"), config).unwrap();
-        let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-mu2-v1"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let path = std::env::join_paths(
-            std::iter::once(shim_dir)
-                .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
-        )
-        .unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
+        let child = common::spawn_containerd(d, &config);
         let ctd = Containerd {
             child: Some(child),
             dir,
@@ -415,30 +363,8 @@ impl Drop for Containerd {
                 Duration::from_secs(60),
             );
         }
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
         // Snapshotter and sandbox mounts under the temp dir go before it.
-        let root = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|mp| mp.starts_with(&root))
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        for mp in points {
-            let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
-        }
+        common::stop_containerd(self.child.take(), self.dir.path());
     }
 }
 
@@ -739,7 +665,7 @@ struct Cri {
 
 impl Cri {
     fn start() -> Option<Cri> {
-        if let Some(why) = skip_reason() {
+        if let Some(why) = common::skip_reason("CRI") {
             eprintln!("skipping: {why}");
             return None;
         }

@@ -61,13 +61,7 @@ pub fn main() -> ! {
     match r {
         Ok(never) => match never {},
         Err(e) => {
-            let mut msg = format!("mu2-jailer: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("mu2-jailer: {}", crate::describe_error(&e));
             std::process::exit(SETUP_FAILED);
         }
     }
@@ -320,16 +314,11 @@ fn build(plan: &Plan, userns: &File) -> Result<(), JailError> {
 /// Binds `b.source` at `target`: from an fd, so that the file checked is
 /// the file mounted; read-only, nosuid, nodev, and id-mapped when asked.
 fn bind(b: &Bind, target: &Path, userns: &File) -> Result<(), JailError> {
-    let src = CString::new(b.source.as_os_str().as_bytes())
-        .map_err(|_| JailError::Input("path with NUL".into()))?;
-    let path = sys::open_no_symlinks(&src).map_err(ioerr(format!(
+    let path = sys::open_no_symlinks(&cpath(&b.source)?).map_err(ioerr(format!(
         "cannot open {} (without following a symlink)",
         b.source.display()
     )))?;
-    let tree = sys::open_tree_clone_fd(&path)
-        .map_err(ioerr(format!("cannot open {}", b.source.display())))?;
-    drop(path);
-    let m = File::from(tree.try_clone().map_err(ioerr("dup"))?)
+    let m = File::from(path.try_clone().map_err(ioerr("dup"))?)
         .metadata()
         .map_err(ioerr(format!("cannot stat {}", b.source.display())))?;
     if b.dir != m.is_dir() || (!b.dir && !m.is_file()) {
@@ -365,34 +354,43 @@ fn bind(b: &Bind, target: &Path, userns: &File) -> Result<(), JailError> {
             .open(target)
             .map_err(ioerr(format!("cannot create {}", target.display())))?;
     }
+    // overlayfs (a containerd snapshot) cannot be id-mapped as a whole,
+    // but its layers can.
+    if b.idmap && is_overlay(&path) {
+        return bind_overlay(b, target, userns);
+    }
+    let tree = sys::open_tree_clone_fd(&path)
+        .map_err(ioerr(format!("cannot open {}", b.source.display())))?;
     let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
     if b.readonly {
         attrs |= sys::MOUNT_ATTR_RDONLY;
     }
-    let mut userns_fd = None;
-    if b.idmap {
-        attrs |= sys::MOUNT_ATTR_IDMAP;
-        userns_fd = Some(userns.as_raw_fd());
-    }
-    if let Err(e) = sys::mount_setattr(&tree, attrs, userns_fd) {
-        // overlayfs (a containerd snapshot) cannot be id-mapped as a whole,
-        // but its layers can.
-        if b.idmap && e.raw_os_error() == Some(libc::EINVAL) && is_overlay(&b.source) {
-            drop(tree);
-            return bind_overlay(b, target, userns);
-        }
-        return Err(ioerr(format!(
-            "cannot set up the mount of {}",
-            b.source.display()
-        ))(e));
-    }
-    let t = CString::new(target.as_os_str().as_bytes())
-        .map_err(|_| JailError::Input("path with NUL".into()))?;
-    sys::move_mount(&tree, &t).map_err(ioerr(format!(
+    attach(tree, attrs, b.idmap.then_some(userns), target).map_err(ioerr(format!(
         "cannot mount {} in the jail",
         b.source.display()
-    )))?;
-    Ok(())
+    )))
+}
+
+/// Sets `attrs` on the detached mount `tree` (id-mapped through `userns`
+/// when given) and attaches it at `target`.
+fn attach(
+    tree: std::os::fd::OwnedFd,
+    mut attrs: u64,
+    userns: Option<&File>,
+    target: &Path,
+) -> std::io::Result<()> {
+    if userns.is_some() {
+        attrs |= sys::MOUNT_ATTR_IDMAP;
+    }
+    sys::mount_setattr(&tree, attrs, userns.map(|u| u.as_raw_fd()))?;
+    let t = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    sys::move_mount(&tree, &t)
+}
+
+fn cpath(p: &Path) -> Result<CString, JailError> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| JailError::Input(format!("{} has a NUL byte", p.display())))
 }
 
 fn child_steps(
@@ -561,8 +559,8 @@ fn reraise(sig: Signal) -> ! {
 
 const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
 
-fn is_overlay(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == OVERLAYFS_SUPER_MAGIC)
+fn is_overlay(fd: &std::os::fd::OwnedFd) -> bool {
+    nix::sys::statfs::fstatfs(fd).is_ok_and(|s| s.filesystem_type().0 == OVERLAYFS_SUPER_MAGIC)
 }
 
 /// The layers of the overlay mounted at `mountpoint`, top first (its
@@ -647,22 +645,10 @@ fn bind_overlay(b: &Bind, target: &Path, userns: &File) -> Result<(), JailError>
         for (i, layer) in layers.iter().enumerate() {
             let dir = stage.join(i.to_string());
             std::fs::create_dir(&dir).map_err(ioerr(format!("cannot create {}", dir.display())))?;
-            let src = CString::new(layer.as_os_str().as_bytes())
-                .map_err(|_| JailError::Input("path with NUL".into()))?;
-            let tree = sys::open_tree_clone(&src, false)
+            let tree = sys::open_tree_clone(&cpath(layer)?)
                 .map_err(ioerr(format!("cannot open layer {}", layer.display())))?;
-            sys::mount_setattr(
-                &tree,
-                sys::MOUNT_ATTR_RDONLY
-                    | sys::MOUNT_ATTR_NOSUID
-                    | sys::MOUNT_ATTR_NODEV
-                    | sys::MOUNT_ATTR_IDMAP,
-                Some(userns.as_raw_fd()),
-            )
-            .map_err(ioerr(format!("cannot id-map layer {}", layer.display())))?;
-            let d = CString::new(dir.as_os_str().as_bytes())
-                .map_err(|_| JailError::Input("path with NUL".into()))?;
-            sys::move_mount(&tree, &d)
+            let ro = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+            attach(tree, ro, Some(userns), &dir)
                 .map_err(ioerr(format!("cannot stage layer {}", layer.display())))?;
             staged.push(dir);
         }

@@ -229,18 +229,22 @@ pub fn remove_left_behind(cfg: &JailConfig, id: &str) -> usize {
 
 /// Cleans up after owners that died without doing it (a `mu2 run` killed
 /// by SIGKILL, a shim whose delete action never ran): for every claim no
-/// live VMM holds, the jail directory and the VMM cgroups of the VM that
-/// claim names, then the claim. Returns how many claims were swept.
+/// live jailer holds, the jail directory and the VMM cgroups of the VM
+/// that claim names, then — once those cgroups are gone — the claim.
+/// Returns how many claims were swept.
 pub fn sweep(cfg: &JailConfig) -> usize {
     let mut n = 0;
     for stale in ids::stale_claims(&cfg.claim_dir) {
-        if valid_id(&stale.owner) {
+        // The jailer (the lock's holder) can die a moment before QEMU: a
+        // cgroup that cannot go yet still has the VMM in it, so the claim
+        // stays, and the block is not handed out, until a later sweep.
+        let gone = valid_id(&stale.owner) && {
             let _ = std::fs::remove_dir(jail_dir(cfg, &stale.owner));
-            for dir in crate::cgroup::paths_for(&stale.owner) {
-                let _ = std::fs::remove_dir(dir);
-            }
-        }
-        if stale.remove() {
+            crate::cgroup::paths_for(&stale.owner)
+                .iter()
+                .all(|dir| std::fs::remove_dir(dir).is_ok() || !dir.exists())
+        };
+        if gone && stale.remove() {
             n += 1;
         }
     }
@@ -250,10 +254,15 @@ pub fn sweep(cfg: &JailConfig) -> usize {
 /// What is left of VM `id`'s jails (and its execs'): directories and claim
 /// files; empty when everything was released.
 pub fn leftovers(cfg: &JailConfig, id: &str) -> Vec<PathBuf> {
+    leftovers_matching(cfg, |name| of_vm(name, id))
+}
+
+/// Jail directories and claim files of the VMs whose names `matches`.
+pub fn leftovers_matching(cfg: &JailConfig, matches: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let mut left = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&cfg.jail_root) {
         for e in rd.flatten() {
-            if of_vm(&e.file_name().to_string_lossy(), id) {
+            if matches(&e.file_name().to_string_lossy()) {
                 left.push(e.path());
             }
         }
@@ -261,7 +270,7 @@ pub fn leftovers(cfg: &JailConfig, id: &str) -> Vec<PathBuf> {
     if let Ok(rd) = std::fs::read_dir(&cfg.claim_dir) {
         for e in rd.flatten() {
             let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
-            if of_vm(&owner, id) {
+            if matches(&owner) {
                 left.push(e.path());
             }
         }
@@ -269,7 +278,9 @@ pub fn leftovers(cfg: &JailConfig, id: &str) -> Vec<PathBuf> {
     left
 }
 
-fn valid_id(id: &str) -> bool {
+/// A VM id: 1-64 of `A-Za-z0-9_.-`, not starting with a dot (no `.`,
+/// `..`), since it names directories.
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && !id.starts_with('.')
@@ -303,7 +314,17 @@ pub fn spawn(cfg: &JailConfig, req: &JailRequest) -> Result<Jailed, JailError> {
     if !valid_id(&req.id) {
         return Err(JailError::Input(format!("invalid jail id {:?}", req.id)));
     }
-    probe_host()?;
+    // The host does not change under a running process: probe it once.
+    static PROBED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    PROBED
+        .get_or_init(|| {
+            probe_host().map_err(|e| match e {
+                JailError::Host(why) => why,
+                other => other.to_string(),
+            })
+        })
+        .clone()
+        .map_err(JailError::Host)?;
     for (host, _) in &req.inputs {
         check_input_file(host)?;
     }

@@ -313,14 +313,12 @@ mod tests {
 
     #[test]
     fn jail_paths_must_be_plain() {
-        assert!(inside(Path::new("/guest/vmlinux")).is_ok());
-        for p in ["relative", "/", "/a/../etc", "/a/./b"] {
-            // "/a/./b" normalises to /a/b in Path::components, which is fine.
-            if p == "/a/./b" {
-                assert!(inside(Path::new(p)).is_ok());
-                continue;
-            }
-            assert!(inside(Path::new(p)).is_err(), "{p}");
+        // `.` components vanish in Path::components, so "/a/./b" is "/a/b".
+        for ok in ["/guest/vmlinux", "/a/./b"] {
+            assert!(inside(Path::new(ok)).is_ok(), "{ok}");
+        }
+        for bad in ["relative", "/", "/a/../etc"] {
+            assert!(inside(Path::new(bad)).is_err(), "{bad}");
         }
     }
 

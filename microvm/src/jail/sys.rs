@@ -45,14 +45,11 @@ fn check(r: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
-/// A detached copy of the mount at `path` (not following a final symlink),
-/// as an fd; `recursive` takes its submounts too.
-pub fn open_tree_clone(path: &CStr, recursive: bool) -> io::Result<OwnedFd> {
-    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
-    flags |= libc::AT_SYMLINK_NOFOLLOW as libc::c_uint;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
+/// A detached copy of the mount at `path` (not following a final symlink).
+pub fn open_tree_clone(path: &CStr) -> io::Result<OwnedFd> {
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint;
     // SAFETY: open_tree reads the NUL-terminated path; it returns a new fd
     // that we own, or -1.
     let fd = check(unsafe { libc::syscall(SYS_OPEN_TREE, libc::AT_FDCWD, path.as_ptr(), flags) })?;
