@@ -19,9 +19,9 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mu2_microvm::oci::{self, BundleError};
 use mu2_microvm::vm::{ControlSender, CONSOLE_TAIL_LINES};
 use mu2_microvm::{guest::GuestImageError, AccelChoice, GuestImage, Vm, VmError};
+use mu2_oci::{self as oci, BundleError};
 use mu2_protocol::{Exit, GuestMsg, HostMsg, StartFailReason};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook::iterator::Signals;

@@ -9,8 +9,7 @@
 //! console. Dropping a [`Vm`] kills and reaps QEMU, so no error path leaves
 //! a VMM behind.
 //!
-//! [`oci`] maps an OCI bundle (config.json) to a VmSpec's resources and the
-//! agent's `Run` request; [`guest`] finds the installed guest image;
+//! [`guest`] finds the installed guest image;
 //! [`accel`] decides between KVM and TCG; [`cgroup`] holds each VMM in a
 //! host cgroup of its own (limits, statistics, pause).
 
@@ -19,7 +18,6 @@ pub mod cgroup;
 pub mod console;
 pub mod guest;
 pub mod jail;
-pub mod oci;
 pub mod qemu;
 pub mod spec;
 mod sys;

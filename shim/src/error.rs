@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use containerd_shim::protos::ttrpc::{self, Code};
 use mu2_microvm::guest::GuestImageError;
-use mu2_microvm::oci::BundleError;
 use mu2_microvm::VmError;
+use mu2_oci::BundleError;
 use mu2_protocol::StartFailReason;
 
 #[derive(Debug, thiserror::Error)]

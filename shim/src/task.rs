@@ -22,9 +22,9 @@ use containerd_shim::protos::shim::shim::{
 };
 use containerd_shim::protos::types::task::{ProcessInfo, Status as ApiStatus};
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
-use mu2_microvm::oci::{self, Plan};
 use mu2_microvm::spec::DEFAULT_QEMU;
 use mu2_microvm::{AccelChoice, GuestImage, VmSpec};
+use mu2_oci::{self as oci, Plan};
 
 use crate::error::ShimError;
 use crate::events::{timestamp, Event, Events};

@@ -11,14 +11,16 @@
 //! enforced on the container's processes inside the guest; the CPU quota or
 //! cpuset sizes the vCPUs.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 
 use mu2_protocol::{ConsoleSize, Mount, MountSource, Process, Rlimit, Root, Run, User};
 use oci_spec::runtime::Spec;
 
-use crate::accel::Accel;
-use crate::guest::GuestImage;
-use crate::spec::{
+use mu2_microvm::accel::Accel;
+use mu2_microvm::guest::GuestImage;
+use mu2_microvm::spec::{
     Share, VmSpec, DEFAULT_MEMORY_MIB, DEFAULT_READY_TIMEOUT, DEFAULT_TB_SIZE_MIB, MAX_MEMORY_MIB,
     MAX_VCPUS,
 };
@@ -77,7 +79,7 @@ impl Plan {
         image: &GuestImage,
         qemu: PathBuf,
         accel: Accel,
-        jail: crate::jail::JailMode,
+        jail: mu2_microvm::jail::JailMode,
     ) -> VmSpec {
         VmSpec {
             id,
