@@ -602,7 +602,7 @@ mod jail_released_on_every_end {
     /// The guest runs a process and powers off: QEMU exits 0 by itself.
     #[test]
     fn guest_exit() {
-        use mu2_protocol::{GuestMsg, HostMsg, Process, Root, Run};
+        use mu2_protocol::{Process, Root, Run};
         let Some(img) = image() else { return };
         let _permit = vm_permit();
         let cfg = jail_config();
@@ -637,17 +637,7 @@ mod jail_released_on_every_end {
             memory_limit_bytes: None,
             pids_limit: None,
         };
-        vm.sender().send(&HostMsg::Run(Box::new(run))).unwrap();
-        vm.sender()
-            .send(&HostMsg::StdinClose { total_bytes: 0 })
-            .unwrap();
-        let exit = loop {
-            match vm.recv().unwrap() {
-                Some(GuestMsg::Exit(e)) => break e,
-                Some(GuestMsg::Started { .. }) => continue,
-                other => panic!("unexpected {other:?}; console:\n{}", vm.console_tail(20)),
-            }
-        };
+        let exit = common::run_to_exit(&mut vm, run);
         assert_eq!(exit.status, 0, "{exit:?}");
         // Powered off: QEMU, then the jailer, end with status 0.
         let status = vm.finish(Duration::from_secs(60)).expect("reaped");
@@ -866,6 +856,7 @@ fn run_probe(args: &[&str]) -> Probe {
         keep_fds: vec![],
         cgroup_procs: vec![],
         kvm: false,
+        start_deadline: Duration::from_secs(10),
     };
     let mut j = jail::spawn(&cfg, &req).expect("jailed probe");
     let first = j.resources.first_id;

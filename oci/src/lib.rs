@@ -13,6 +13,9 @@
 
 #![forbid(unsafe_code)]
 
+mod update;
+pub use update::{update, ResourceChange};
+
 use std::path::{Path, PathBuf};
 
 use mu2_protocol::{ConsoleSize, Mount, MountSource, Process, Rlimit, Root, Run, User};
@@ -21,8 +24,7 @@ use oci_spec::runtime::Spec;
 use mu2_microvm::accel::Accel;
 use mu2_microvm::guest::GuestImage;
 use mu2_microvm::spec::{
-    Share, VmSpec, DEFAULT_MEMORY_MIB, DEFAULT_READY_TIMEOUT, DEFAULT_TB_SIZE_MIB, MAX_MEMORY_MIB,
-    MAX_VCPUS,
+    Share, VmSpec, DEFAULT_MEMORY_MIB, DEFAULT_TB_SIZE_MIB, MAX_MEMORY_MIB, MAX_VCPUS,
 };
 
 /// The share tag of the image's rootfs.
@@ -59,6 +61,8 @@ pub enum BundleError {
     Memory(i64),
     #[error("invalid linux.resources.cpu: {0}")]
     Cpu(String),
+    #[error("cannot update the resources: {0}")]
+    Update(String),
 }
 
 /// What one VM needs to run a bundle's process.
@@ -80,6 +84,7 @@ impl Plan {
         qemu: PathBuf,
         accel: Accel,
         jail: mu2_microvm::jail::JailMode,
+        deadlines: mu2_microvm::Deadlines,
     ) -> VmSpec {
         VmSpec {
             id,
@@ -90,7 +95,7 @@ impl Plan {
             vcpus: self.vcpus,
             accel,
             shares: self.shares.clone(),
-            ready_timeout: DEFAULT_READY_TIMEOUT,
+            deadlines,
             tb_size_mib: DEFAULT_TB_SIZE_MIB,
             debug: false,
             jail,

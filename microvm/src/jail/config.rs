@@ -39,6 +39,14 @@ pub enum ConfigError {
     Malformed { path: PathBuf, message: String },
 }
 
+/// The host's config file: `$MU2_CONFIG`, or [`DEFAULT_CONFIG`].
+pub fn config_path() -> PathBuf {
+    std::env::var_os(CONFIG_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
 /// A block-aligned range of host ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdRange {
@@ -140,6 +148,9 @@ pub enum JailMode {
 struct File {
     #[serde(default)]
     jail: JailSection,
+    /// Read by [`crate::deadlines`].
+    #[serde(default)]
+    timeouts: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -159,11 +170,7 @@ impl JailMode {
     /// Reads `$MU2_CONFIG`, or [`DEFAULT_CONFIG`]; a missing file means a
     /// jail with nothing configured (which refuses to launch).
     pub fn load() -> Result<JailMode, ConfigError> {
-        let path = std::env::var_os(CONFIG_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-        Self::load_from(&path)
+        Self::load_from(&config_path())
     }
 
     pub fn load_from(path: &Path) -> Result<JailMode, ConfigError> {
@@ -186,6 +193,7 @@ impl JailMode {
             message,
         };
         let file: File = toml::from_str(text).map_err(|e| malformed(e.message().to_string()))?;
+        let _ = file.timeouts;
         let j = file.jail;
         if j.enabled == Some(false) {
             return Ok(JailMode::Disabled {
