@@ -13,6 +13,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod seccomp;
+
 use std::path::{Path, PathBuf};
 
 use mu2_protocol::{ConsoleSize, Mount, MountSource, Process, Rlimit, Root, Run, User};
