@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod seccomp;
 mod update;
 pub use update::{update, ResourceChange};
 
