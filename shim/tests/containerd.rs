@@ -991,7 +991,10 @@ fn log_uri_file_matches_runc() {
         logs[0].iter().all(|l| want.contains(l)),
         "runc's log file has lines the command never wrote"
     );
-    assert_eq!(logs[1], want, "mu2's log file is not what the command wrote");
+    assert_eq!(
+        logs[1], want,
+        "mu2's log file is not what the command wrote"
+    );
     ctd.assert_nothing_left();
 }
 
