@@ -898,15 +898,36 @@ impl Owner {
                 code: report.map_or(0, |r| r.code),
                 at: SystemTime::now(),
             };
-            if was_starting {
+            // Killed while its Start was on the way: to containerd the
+            // process started and died of the signal, as under runc.
+            let started_then_killed = was_starting && st.killed_by.is_some();
+            if started_then_killed {
+                st.started = Some(Ok(proc.pid));
+            } else if was_starting {
                 st.started = Some(Err(ShimError::VmGone(what.clone())));
             }
-            report
+            report.map(|r| (r, started_then_killed))
         });
-        let Some(report) = report else { return };
+        let Some((report, started_then_killed)) = report else {
+            return;
+        };
         let Status::Exited { code, at } = proc.status() else {
             return;
         };
+        if started_then_killed {
+            l.events.send(if l.exec_id.is_empty() {
+                Event::Start {
+                    id: l.container_id.clone(),
+                    pid: proc.pid,
+                }
+            } else {
+                Event::ExecStarted {
+                    id: l.container_id.clone(),
+                    exec_id: l.exec_id.clone(),
+                    pid: proc.pid,
+                }
+            });
+        }
         if report.oom_killed {
             l.events.send(Event::Oom {
                 id: l.container_id.clone(),

@@ -36,6 +36,27 @@ async fn tasks(ctd: &Containerd) -> TasksClient<tonic::transport::Channel> {
     TasksClient::new(ch)
 }
 
+/// The rootfs mounts of container `id`'s snapshot, as containerd's client
+/// puts them in a CreateTaskRequest.
+async fn rootfs(ctd: &Containerd, id: &str) -> Vec<containerd_client::types::Mount> {
+    use containerd_client::services::v1::snapshots::{
+        snapshots_client::SnapshotsClient, MountsRequest,
+    };
+    let ch = containerd_client::connect(ctd.sock())
+        .await
+        .expect("connect");
+    let req = MountsRequest {
+        snapshotter: "overlayfs".into(),
+        key: id.into(),
+    };
+    SnapshotsClient::new(ch)
+        .mounts(with_namespace!(req, "default"))
+        .await
+        .expect("snapshot mounts")
+        .into_inner()
+        .mounts
+}
+
 /// `ctr containers create` of IMAGE under mu2 running `cmd`.
 fn container(ctd: &Containerd, id: &str, opts: &[&str], cmd: &[&str]) {
     let mut args = vec!["containers", "create", "--runtime", MU2];
@@ -104,12 +125,7 @@ fn a_tty_task_ignores_the_stderr_path_containerd_never_made() {
         return;
     };
     let id = ctd.id("pty");
-    container(
-        &ctd,
-        &id,
-        &["--tty"],
-        &["sh", "-c", "echo hello from a tty"],
-    );
+    container(&ctd, &id, &[], &["echo", "hello-from-a-tty"]);
     let fifos = tempfile::tempdir().unwrap();
     let out = Fifo::new(fifos.path(), "stdout");
     let missing = fifos.path().join("stderr-never-made");
@@ -117,6 +133,7 @@ fn a_tty_task_ignores_the_stderr_path_containerd_never_made() {
         let mut t = tasks(&ctd).await;
         let req = CreateTaskRequest {
             container_id: id.clone(),
+            rootfs: rootfs(&ctd, &id).await,
             stdout: out.path(),
             stderr: missing.display().to_string(),
             terminal: true,
@@ -146,7 +163,7 @@ fn a_tty_task_ignores_the_stderr_path_containerd_never_made() {
             .expect("delete");
     });
     let got = String::from_utf8_lossy(&out.reader.join().unwrap()).into_owned();
-    assert!(got.contains("hello from a tty\r\n"), "{got:?}");
+    assert!(got.contains("hello-from-a-tty\r\n"), "{got:?}");
     assert!(!missing.exists());
     let _ = ctd.ctr(&["containers", "rm", &id]);
     ctd.assert_nothing_left();
@@ -166,6 +183,7 @@ fn kill_delete_and_a_second_start_are_served_while_start_is_in_flight() {
             let mut t = tasks(&ctd).await;
             let req = CreateTaskRequest {
                 container_id: id.clone(),
+                rootfs: rootfs(&ctd, &id).await,
                 ..Default::default()
             };
             t.create(with_namespace!(req, "default"))
@@ -180,9 +198,12 @@ fn kill_delete_and_a_second_start_are_served_while_start_is_in_flight() {
                 };
                 starter.start(with_namespace!(req, "default")).await
             });
-            // Start is on its way to the agent.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Start is on its way (the agent takes tens of milliseconds to
+            // start a process: the request below may also find it running,
+            // and each outcome is checked).
+            tokio::task::yield_now().await;
             let asked = Instant::now();
+            let mut ended = false;
             match second {
                 "kill" => {
                     let req = KillRequest {
@@ -193,19 +214,15 @@ fn kill_delete_and_a_second_start_are_served_while_start_is_in_flight() {
                     t.kill(with_namespace!(req, "default")).await.expect("kill");
                 }
                 "delete" => {
-                    // containerd's Delete of a task that is not stopped
-                    // ends it first (the shim's Delete ends a starting VM).
-                    let req = KillRequest {
-                        container_id: id.clone(),
-                        signal: 9,
-                        all: true,
-                        ..Default::default()
-                    };
-                    let _ = t.kill(with_namespace!(req, "default")).await;
+                    // Starting: the shim ends the VM and deletes; running:
+                    // refused, as runc refuses to delete a running task.
                     let req = DeleteTaskRequest {
                         container_id: id.clone(),
                     };
-                    let _ = t.delete(with_namespace!(req, "default")).await;
+                    match t.delete(with_namespace!(req, "default")).await {
+                        Ok(_) => ended = true,
+                        Err(e) => assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}"),
+                    }
                 }
                 _ => {
                     let req = StartRequest {
@@ -228,7 +245,7 @@ fn kill_delete_and_a_second_start_are_served_while_start_is_in_flight() {
             if second == "start" {
                 assert!(started.is_ok(), "{started:?}");
             }
-            if second != "delete" {
+            if !ended {
                 let req = KillRequest {
                     container_id: id.clone(),
                     signal: 9,
@@ -370,6 +387,7 @@ fn a_missing_binary_fails_create_without_an_exit() {
         let mut t = tasks(&ctd).await;
         let req = CreateTaskRequest {
             container_id: id.clone(),
+            rootfs: rootfs(&ctd, &id).await,
             ..Default::default()
         };
         let e = t.create(with_namespace!(req, "default")).await.unwrap_err();
@@ -502,6 +520,7 @@ fn the_shim_cgroup_option_puts_the_shim_there() {
         value.extend_from_slice(path.as_bytes());
         let req = CreateTaskRequest {
             container_id: id.clone(),
+            rootfs: rootfs(&ctd, &id).await,
             options: Some(prost_types::Any {
                 type_url: "containerd.linux.runc.CreateOptions".into(),
                 value,
@@ -557,6 +576,12 @@ fn make_cgroup(rel: &str) -> Vec<PathBuf> {
     }
     for d in &dirs {
         std::fs::create_dir_all(d).unwrap();
+        // A v1 cpuset takes no process until it has CPUs and memory nodes.
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(v) = std::fs::read_to_string(d.parent().unwrap().join(f)) {
+                std::fs::write(d.join(f), v.trim()).unwrap();
+            }
+        }
     }
     dirs
 }
