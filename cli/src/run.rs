@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use mu2_microvm::record::{Owner, OwnerKind};
 use mu2_microvm::vm::{ControlSender, CONSOLE_TAIL_LINES};
 use mu2_microvm::{guest::GuestImageError, AccelChoice, GuestImage, Vm, VmError};
 use mu2_oci::{self as oci, BundleError};
@@ -116,6 +117,7 @@ pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
         opts.qemu.clone(),
         opts.accel.resolve(),
         jail,
+        Owner::this_process(OwnerKind::Run),
     );
     spec.debug = opts.debug;
     let terminal = plan.run.process.terminal;

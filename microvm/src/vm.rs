@@ -26,6 +26,7 @@ use crate::cgroup::{self, CgroupError, Limits, VmCgroup};
 use crate::console::ConsoleTail;
 use crate::jail::{self, JailError, JailMode, JailRequest, JailResources};
 use crate::qemu::{self, ChannelFds};
+use crate::record::{self, RecordError, RecordGuard};
 use crate::spec::{SpecError, VmSpec};
 
 /// How long a jailer has to kill and reap QEMU after SIGTERM.
@@ -43,6 +44,12 @@ pub enum VmError {
         id: String,
         #[source]
         source: CgroupError,
+    },
+    #[error("cannot claim vm id {id}")]
+    Record {
+        id: String,
+        #[source]
+        source: RecordError,
     },
     #[error("cannot create the channels of vm {id}")]
     Channel {
@@ -132,6 +139,8 @@ pub struct Vm {
     // Removed by Drop for Vm once QEMU is reaped; shared with
     // [`CgroupHandle`]s, which then fail.
     cgroup: Arc<VmCgroup>,
+    /// The VM's ownership record, released once all of it is gone.
+    record: RecordGuard,
 }
 
 struct Pair {
@@ -153,20 +162,19 @@ impl Vm {
         spec.validate()?;
         let started = Instant::now();
         let id = spec.id.clone();
-        if let JailMode::Jailed(cfg) = &spec.jail {
-            // Before this VM's cgroup exists: a dead owner's VM may have had
-            // the same name.
-            let swept = jail::sweep(cfg);
-            if swept > 0 {
-                log::info!("swept {swept} jail(s) left by owners that died");
-            }
-        }
+        // Before anything of the VM exists: the record claims its id (and
+        // collects what dead owners left).
+        let mut record = record::claim_for(spec).map_err(|source| VmError::Record {
+            id: id.clone(),
+            source,
+        })?;
         let cgroup = VmCgroup::create(&id, Limits::for_vm(spec.memory_mib, spec.vcpus)).map_err(
             |source| VmError::Cgroup {
                 id: id.clone(),
                 source,
             },
         )?;
+        record.set_cgroups(cgroup.dirs());
         let console = pair(&id)?;
         let control = pair(&id)?;
         let stdin = pair(&id)?;
@@ -237,6 +245,10 @@ impl Vm {
                 (j.jailer, j.pid, Some(j.resources), j.stderr)
             }
         };
+        record.set_vmm(qemu_pid, jail.as_ref().map(|_| child.id()));
+        if let Some(j) = &jail {
+            record.set_jail(&j.dir, j.claim_path());
+        }
         // QEMU holds its ends now; ours must go so that QEMU's exit reads
         // as EOF here.
         drop((
@@ -280,6 +292,7 @@ impl Vm {
             },
             boot_time: Duration::ZERO,
             cgroup: Arc::new(cgroup),
+            record,
         };
         match vm.await_ready(spec.ready_timeout, started) {
             Ok(ready) => {
@@ -540,6 +553,8 @@ impl Drop for Vm {
             let _ = t.join();
         }
         self.cgroup.remove();
+        drop(self.jail.take());
+        self.record.release();
     }
 }
 

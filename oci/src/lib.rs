@@ -71,8 +71,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The spec of VM `id` that runs this plan on `image`, with the default
-    /// deadline and translation cache, and a quiet console.
+    /// The spec of VM `id`, owned by `owner`, that runs this plan on
+    /// `image`, with the default deadline and translation cache, and a
+    /// quiet console.
     pub fn vm_spec(
         &self,
         id: String,
@@ -80,6 +81,7 @@ impl Plan {
         qemu: PathBuf,
         accel: Accel,
         jail: mu2_microvm::jail::JailMode,
+        owner: mu2_microvm::record::Owner,
     ) -> VmSpec {
         VmSpec {
             id,
@@ -94,6 +96,7 @@ impl Plan {
             tb_size_mib: DEFAULT_TB_SIZE_MIB,
             debug: false,
             jail,
+            owner,
         }
     }
 }

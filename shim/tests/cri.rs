@@ -176,7 +176,11 @@ fn leftover_cgroups(ids: &[&str]) -> Vec<String> {
             }
         }
     }
-    left.extend(common::vm_leftovers(|name| ids.contains(&name)));
+    // A VM id starts with its container id (cut to fit, then a hash).
+    left.extend(common::vm_leftovers(|name| {
+        ids.iter()
+            .any(|id| name.starts_with(&id[..id.len().min(16)]))
+    }));
     left
 }
 
