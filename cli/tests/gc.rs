@@ -1,7 +1,8 @@
 //! `mu2 ps` and `mu2 gc` after a `mu2 run` that was SIGKILLed while its VM
-//! ran, jailed and unjailed: the record shows the dead owner, and the
-//! collection leaves nothing (no QEMU, jailer, record, jail directory, uid
-//! claim or cgroup). Each case has a config file of its own (`MU2_CONFIG`)
+//! ran paused (its VMM's cgroup frozen), jailed and unjailed: the record
+//! shows the dead owner, and the collection (which thaws and kills a VMM
+//! that outlived its owner) leaves nothing (no QEMU, jailer, record, jail
+//! directory, uid claim or cgroup). Each case has a config file of its own (`MU2_CONFIG`)
 //! with a private record directory, so that no other launch on the host
 //! collects the record first.
 
@@ -9,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use mu2_microvm::jail::config::CONFIG_ENV;
@@ -87,11 +88,21 @@ impl Setup {
     }
 }
 
+/// Freezes the cgroup directories (v1 freezer or v2 `cgroup.freeze`).
+fn freeze(dirs: &[PathBuf]) {
+    let mut frozen = false;
+    for d in dirs {
+        frozen |= std::fs::write(d.join("freezer.state"), "FROZEN").is_ok();
+        frozen |= std::fs::write(d.join("cgroup.freeze"), "1").is_ok();
+    }
+    assert!(frozen, "no freezer in {dirs:?}");
+}
+
 fn sigkilled_run_is_collected_by_gc(jailed: bool) {
     let Some(base) = setup() else { return };
     let s = Setup::new(jailed);
     let records = RecordDir::for_mode(&s.mode);
-    let bundle = TestBundle::new(&base, &["sleep", "600"]);
+    let bundle = TestBundle::new(&base, &["sh", "-c", "echo up; exec sleep 600"]);
     let dir = bundle.write();
     let id = unique_id(if jailed { "gc-jailed" } else { "gc-unjailed" });
     let mut run = mu2()
@@ -99,26 +110,31 @@ fn sigkilled_run_is_collected_by_gc(jailed: bool) {
         .arg(dir)
         .env(CONFIG_ENV, s.config())
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .unwrap();
     let owner = run.id();
-
-    // Running: the record names `mu2 run` and its VMM.
-    let deadline = Instant::now() + RUN_DEADLINE;
-    let record = loop {
-        match records.read(&id).unwrap() {
-            Some(r) if r.state() == State::Running => break r,
-            _ => {}
-        }
-        if Instant::now() > deadline || run.try_wait().unwrap().is_some() {
+    // The process runs in the guest once it says so.
+    let stdout = run.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(RUN_DEADLINE) {
+        Ok(line) if line == "up\n" => {}
+        other => {
             let _ = run.kill();
             let _ = run.wait();
-            panic!("vm {id} never ran");
+            panic!("vm {id} never ran its process: {other:?}");
         }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    }
+
+    // Running: the record names `mu2 run` and its VMM.
+    let record = records.read(&id).unwrap().expect("the running VM's record");
+    assert_eq!(record.state(), State::Running);
     assert_eq!(record.owner.kind, OwnerKind::Run);
     assert_eq!(record.owner.pid, owner);
     let vmm = record.vmm.clone().unwrap();
@@ -130,9 +146,15 @@ fn sigkilled_run_is_collected_by_gc(jailed: bool) {
     assert!(line.contains(&vmm.qemu.pid.to_string()), "{line}");
     assert!(line.contains("running"), "{line}");
 
-    // The owner dies without cleaning up.
+    // Paused (the VMM's cgroup frozen), then the owner dies without
+    // cleaning up: the kernel's SIGKILL for the orphans (their parent-death
+    // signal) waits for a thaw that only the collector gives.
+    freeze(&record.cgroups);
     run.kill().unwrap();
     run.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let vmm_outlived_owner = vmm.is_alive();
+    eprintln!("the frozen VMM outlived its owner: {vmm_outlived_owner}");
     let line = s.ps_line(&id).expect("the record outlives its owner");
     assert!(line.contains("owner dead"), "{line}");
     assert!(
@@ -161,6 +183,9 @@ fn sigkilled_run_is_collected_by_gc(jailed: bool) {
     );
     if jailed {
         assert!(line.contains("jail ") && line.contains("claim "), "{line}");
+    }
+    if vmm_outlived_owner {
+        assert!(line.contains("killed qemu"), "{line}");
     }
     assert!(!ProcId::is_alive(&vmm.qemu), "QEMU survived");
     assert!(

@@ -5,7 +5,9 @@
 //! overhead), CPU (a CFS quota of vCPUs + 1 for QEMU's I/O thread), pids,
 //! and the freezer that pauses the whole VM. QEMU joins it between fork and
 //! exec (writing 0 to `cgroup.procs` moves the writer), so every thread it
-//! ever creates is inside. The cgroup is removed once QEMU is reaped.
+//! ever creates is inside. The cgroup is removed once QEMU is reaped; what
+//! an owner that died left is removed through the VM's record
+//! ([`crate::record`]), never by matching names.
 //!
 //! Both layouts are handled: the unified v2 hierarchy, and the v1
 //! per-controller hierarchies that some hosts (these among them) still

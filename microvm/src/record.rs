@@ -973,6 +973,16 @@ fn release_resources(r: &Record, cgroups: &[PathBuf], entry: &mut GcEntry) {
     match fs::remove_dir(&j.dir) {
         Ok(()) => entry.removed.push(("jail", j.dir.clone())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        // On the host a jail directory is always empty (the jail's tmpfs
+        // is in QEMU's mount namespace): one with files was never this
+        // VM's (the launch refused it as existing), and is left alone.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+            log::warn!(
+                "vm {}: {} is not an empty jail directory; left alone",
+                r.id,
+                j.dir.display()
+            );
+        }
         Err(e) => {
             entry.kept = Some(format!("cannot remove jail {}: {e}", j.dir.display()));
             return;
@@ -1569,17 +1579,21 @@ mod tests {
         let (t, d) = dir();
         let jail = t.path().join("jail-x");
         fs::create_dir(&jail).unwrap();
-        // Something the owner cannot remove: a non-empty "jail directory".
-        fs::write(jail.join("f"), "").unwrap();
+        // Something the owner cannot remove yet: a uid claim still held.
+        let claim = t.path().join("claim");
+        fs::write(&claim, "x").unwrap();
+        let holder = File::open(&claim).unwrap();
+        let held = nix::fcntl::Flock::lock(holder, FlockArg::LockExclusiveNonblock).unwrap();
         let mut g = d
             .claim("x", &Owner::this_process(OwnerKind::Test), None)
             .unwrap();
-        g.set_jail(&jail, None);
+        g.set_jail(&jail, Some(&claim));
         g.release();
         let r = d.read("x").unwrap().unwrap();
         assert!(r.released);
         assert_eq!(r.state(), State::Released);
-        fs::remove_file(jail.join("f")).unwrap();
+        // Once the holder lets go, the collector finishes.
+        drop(held);
         let report = d.collect(
             &Filter::Abandoned,
             &GcOptions {
@@ -1588,7 +1602,28 @@ mod tests {
             },
         );
         assert_eq!(report.removed().count(), 1, "{:?}", report.entries);
-        assert!(!jail.exists());
+        assert!(!jail.exists() && !claim.exists());
         assert!(d.list().is_empty());
+    }
+
+    #[test]
+    fn a_jail_directory_with_files_was_never_ours_and_is_left_alone() {
+        let (t, d) = dir();
+        let jail = t.path().join("jail-y");
+        fs::create_dir(&jail).unwrap();
+        fs::write(jail.join("operator-file"), "mine").unwrap();
+        let mut g = d
+            .claim("y", &Owner::this_process(OwnerKind::Test), None)
+            .unwrap();
+        g.set_jail(&jail, None);
+        drop(g);
+        assert_eq!(
+            fs::read_to_string(jail.join("operator-file")).unwrap(),
+            "mine"
+        );
+        assert!(
+            d.list().is_empty(),
+            "the record stayed for a foreign directory"
+        );
     }
 }

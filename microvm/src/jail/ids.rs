@@ -5,7 +5,9 @@
 //! by the jailer, which lives exactly as long as QEMU, so a crashed owner
 //! releases its block when its VMM dies, with nobody cleaning up. Dropping a
 //! claim unlinks the file; a file left by a crash is unlocked, so the next
-//! launch that needs the block takes it over.
+//! launch that needs the block takes it over, and the collection of the
+//! VM's record ([`crate::record`]) unlinks it ([`release_left_behind`]),
+//! matching the VM id exactly.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
