@@ -681,9 +681,16 @@ impl RecordDir {
                     done: false,
                 });
             }
-            let existing = match self.read(id)? {
-                None => continue,
-                Some(r) => r,
+            let Some(existing) = self.read(id)? else {
+                // Collected between our attempt and our look: try again.
+                if Instant::now() >= deadline {
+                    return Err(RecordError::Stale {
+                        id: id.to_string(),
+                        path,
+                        why: "it keeps coming back".into(),
+                    });
+                }
+                continue;
             };
             if !existing.abandoned() {
                 return Err(RecordError::InUse {
@@ -692,9 +699,8 @@ impl RecordDir {
                     path,
                 });
             }
-            let left = Instant::now() + Duration::from_millis(1);
             let opts = GcOptions {
-                wait: deadline.saturating_duration_since(left),
+                wait: deadline.saturating_duration_since(Instant::now()),
                 dry_run: false,
             };
             let kept = self
@@ -1041,8 +1047,9 @@ fn wait_gone(pidfds: &[OwnedFd], wait: Duration) -> bool {
             .collect();
         let left = deadline.saturating_duration_since(Instant::now());
         let slice = left.min(Duration::from_millis(100)).as_millis() as u16;
-        if poll(&mut fds, slice).is_err() {
-            return false;
+        match poll(&mut fds, slice) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return false,
         }
         let done: Vec<bool> = fds
             .iter()
@@ -1360,6 +1367,26 @@ mod tests {
         // A different id is free, even one the first is a prefix of.
         d.claim("web.1", &Owner::this_process(OwnerKind::Run), None)
             .unwrap();
+    }
+
+    #[test]
+    fn of_concurrent_claims_of_one_id_exactly_one_wins() {
+        let (_t, d) = dir();
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| d.claim("race", &Owner::this_process(OwnerKind::Test), None)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "{results:?}");
+        for r in &results {
+            if let Err(e) = r {
+                assert!(matches!(e, RecordError::InUse { .. }), "{e}");
+            }
+        }
+        // Every record read whole: never a half-written one.
+        assert!(d.list().iter().all(|i| i.record.is_ok()));
     }
 
     #[test]
