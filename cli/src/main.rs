@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mu2_cli::run::{self, RunOptions};
@@ -38,6 +39,13 @@ enum Command {
         /// Echo the guest console and log verbosely.
         #[arg(long)]
         debug: bool,
+        /// Kill the VM when the process runs longer than this ("500ms", "30s", "2m"); exit 124.
+        #[arg(long, value_parser = duration)]
+        timeout: Option<Duration>,
+        /// After a first INT or TERM (forwarded to the process), tear the VM down if it
+        /// still runs after this long; a second INT or TERM tears it down at once.
+        #[arg(long, value_parser = duration, default_value = "10s")]
+        kill_grace: Duration,
         /// The OCI bundle directory (holding config.json).
         bundle: PathBuf,
     },
@@ -57,6 +65,10 @@ enum Command {
     },
 }
 
+fn duration(s: &str) -> Result<Duration, String> {
+    mu2_microvm::deadlines::parse_duration(s)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -67,6 +79,8 @@ fn main() -> ExitCode {
             qemu,
             timings,
             debug,
+            timeout,
+            kill_grace,
             bundle,
         } => {
             let level = if debug { "debug" } else { "warn" };
@@ -80,6 +94,8 @@ fn main() -> ExitCode {
                 qemu,
                 timings,
                 debug,
+                timeout,
+                kill_grace,
             };
             match run::run(&opts) {
                 Ok(status) => ExitCode::from(status),

@@ -1,27 +1,44 @@
 //! `mu2 run BUNDLE`: one process in one fresh VM, wired to our stdio.
 //!
-//! The VM's stdio ports are relayed to ours by one thread per stream with
+//! The request runs as containerd would drive it: `Run` (the agent sets the
+//! container up and resolves args[0]; a missing binary fails here), `Start`,
+//! then the process's stdio until `Exit`. Every wait on the guest has a
+//! deadline ([`mu2_microvm::Deadlines`], from `/etc/mu2/config.toml`); the
+//! process itself may run as long as it likes, or `--timeout`.
+//!
+//! The VM's output ports are relayed to ours by [`OutputRelay`]s with
 //! blocking I/O, so back-pressure runs end to end: a slow reader of our
 //! stdout stalls the relay, which stalls QEMU, which stalls the guest's
-//! writer. Our stdin's end is announced with its byte count
-//! (`StdinClose`), and the agent's `Exit` carries the byte counts of stdout
-//! and stderr, which are checked against what arrived. Signals we receive
-//! (INT, TERM, HUP, QUIT, USR1, USR2) are forwarded to the process; WINCH
-//! becomes a resize for a terminal process.
+//! writer. The agent's `Exit` counts the bytes of stdout and stderr; the VM
+//! is told it may power off (`ExitAck`) only once every one of them arrived
+//! here, however slow the reader — bytes can still be queued inside the
+//! guest when `Exit` is sent. Our stdin's end is announced with its byte
+//! count (`StdinClose`).
+//!
+//! Signals we receive (INT, TERM, HUP, QUIT, USR1, USR2) are forwarded to
+//! the process; WINCH becomes a resize for a terminal process. A second INT
+//! or TERM, or the grace period (`--kill-grace`) after the first, tears the
+//! VM down instead: mu2 then exits 128+signal.
 //!
 //! Exit status: the process's (code, or 128+signal); 127 when its binary is
-//! not found, 126 when it cannot be executed, 125 when mu2 itself fails
-//! (bad bundle, no guest image, VM failure), as `docker run` does.
+//! not found, 126 when it cannot be executed, 124 when `--timeout` ended
+//! it, 125 when mu2 itself fails (bad bundle, no guest image, VM failure),
+//! as `docker run` and `timeout` do.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mu2_microvm::record::{Owner, OwnerKind};
-use mu2_microvm::vm::{ControlSender, CONSOLE_TAIL_LINES};
-use mu2_microvm::{guest::GuestImageError, AccelChoice, GuestImage, Vm, VmError};
+use mu2_microvm::relay::{Drain, DrainWatch, OutputRelay};
+use mu2_microvm::vm::{describe_msg, ControlSender, CONSOLE_TAIL_LINES};
+use mu2_microvm::{
+    guest::GuestImageError, AccelChoice, AgentEvent, Deadlines, GuestImage, KillHandle, Vm, VmError,
+};
 use mu2_oci::{self as oci, BundleError};
 use mu2_protocol::{Exit, GuestMsg, HostMsg, StartFailReason};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
@@ -29,10 +46,14 @@ use signal_hook::iterator::Signals;
 
 use crate::tty;
 
-/// How long a guest may take to power off after its process exited.
-const POWEROFF_GRACE: Duration = Duration::from_secs(10);
 /// Exit status for mu2's own failures.
 pub const EXIT_MU2_FAILED: u8 = 125;
+/// Exit status when `--timeout` ended the process (as timeout(1)).
+pub const EXIT_TIMEOUT: u8 = 124;
+/// How long after a first INT or TERM the VM is torn down by default.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+/// How often the drain of the last output bytes is looked at.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 pub struct RunOptions {
     pub bundle: PathBuf,
@@ -42,6 +63,10 @@ pub struct RunOptions {
     pub qemu: PathBuf,
     pub timings: bool,
     pub debug: bool,
+    /// Ends the process (and its VM) after this long.
+    pub timeout: Option<Duration>,
+    /// After a first INT or TERM, tears the VM down after this long.
+    pub kill_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +93,14 @@ pub enum RunError {
         got: u64,
         want: u64,
     },
+    #[error("the process of vm {id} ran past --timeout {timeout:?}; its vm was killed")]
+    Timeout { id: String, timeout: Duration },
+    #[error("vm {id} torn down after signal {signal}")]
+    TornDown { id: String, signal: i32 },
     #[error("cannot hold the stdin port open")]
     Stdin(#[source] io::Error),
+    #[error("cannot relay the vm's {0}")]
+    Relay(&'static str, #[source] io::Error),
     #[error("cannot set up signal forwarding")]
     Signals(#[source] io::Error),
 }
@@ -85,6 +116,8 @@ impl RunError {
                 reason: StartFailReason::NotExecutable,
                 ..
             } => 126,
+            RunError::Timeout { .. } => EXIT_TIMEOUT,
+            RunError::TornDown { signal, .. } => u8::try_from(128 + signal).unwrap_or(255),
             _ => EXIT_MU2_FAILED,
         }
     }
@@ -104,6 +137,16 @@ fn default_id() -> String {
     format!("run-{}-{nanos}", std::process::id())
 }
 
+/// An answer the agent may give to Run or Start.
+enum Reply {
+    Ok(String),
+    Refused(StartFailReason, String),
+}
+
+fn refused(reason: StartFailReason, message: String) -> RunError {
+    RunError::StartFailed { reason, message }
+}
+
 /// Runs the bundle; returns the process's exit status.
 pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
     let t0 = Instant::now();
@@ -111,12 +154,14 @@ pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
     let image = GuestImage::locate(opts.guest_dir.as_deref())?;
     let id = opts.id.clone().unwrap_or_else(default_id);
     let jail = mu2_microvm::jail::JailMode::load()?;
+    let deadlines = Deadlines::load()?;
     let mut spec = plan.vm_spec(
         id.clone(),
         &image,
         opts.qemu.clone(),
         opts.accel.resolve(),
         jail,
+        deadlines,
         Owner::this_process(OwnerKind::Run),
     );
     spec.debug = opts.debug;
@@ -126,46 +171,71 @@ pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
     }
     let mut vm = Vm::launch(&spec)?;
     let boot = vm.boot_time();
-    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])
-        .map_err(RunError::Signals)?;
-    let signal_handle = signals.handle();
-    let forwarder = forward_signals(signals, vm.sender(), terminal);
-    let _raw = terminal.then(tty::RawMode::enter);
     let stdio = vm.take_stdio().expect("stdio is taken once");
     let sender = vm.sender();
     // Closing our end of the stdin port makes QEMU drop what it has not yet
     // handed to the guest: this handle keeps it open until the VM is gone;
     // the end of stdin is told by StdinClose instead.
     let _stdin_keepalive = stdio.stdin.try_clone().map_err(RunError::Stdin)?;
-    let out = spawn_output_relay(stdio.stdout, io::stdout());
-    let err = spawn_output_relay(stdio.stderr, io::stderr());
+    let out = OutputRelay::spawn("stdout", stdio.stdout, Some(io::stdout()), true)
+        .map_err(|e| RunError::Relay("stdout", e))?;
+    let err = OutputRelay::spawn("stderr", stdio.stderr, Some(io::stderr()), true)
+        .map_err(|e| RunError::Relay("stderr", e))?;
+
     let t_run = Instant::now();
     sender.send(&HostMsg::Run(Box::new(plan.run)))?;
-    // Only after Run: the agent takes nothing else first. The relay blocks
-    // on our stdin, which may never end: it is not joined; the process
-    // exits without it.
+    match vm.await_reply("Prepared after Run", |m| match m {
+        GuestMsg::Prepared { path } => Ok(Reply::Ok(path)),
+        GuestMsg::StartFailed { reason, message } => Ok(Reply::Refused(reason, message)),
+        other => Err(other),
+    })? {
+        Reply::Ok(path) => log::debug!("vm {id}: args[0] is {path:?}"),
+        Reply::Refused(reason, message) => return Err(refused(reason, message)),
+    }
+    sender.send(&HostMsg::Start)?;
+    match vm.await_reply("Started after Start", |m| match m {
+        GuestMsg::Started { pid } => Ok(Reply::Ok(pid.to_string())),
+        GuestMsg::StartFailed { reason, message } => Ok(Reply::Refused(reason, message)),
+        other => Err(other),
+    })? {
+        Reply::Ok(pid) => log::debug!("vm {id}: started as guest pid {pid}"),
+        Reply::Refused(reason, message) => return Err(refused(reason, message)),
+    }
+
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])
+        .map_err(RunError::Signals)?;
+    let signal_handle = signals.handle();
+    let torn_down = Arc::new(AtomicI32::new(0));
+    let forwarder = forward_signals(
+        signals,
+        vm.sender(),
+        vm.kill_handle(),
+        Arc::clone(&torn_down),
+        terminal,
+        opts.kill_grace,
+    );
+    let _raw = terminal.then(tty::RawMode::enter);
+    // Only after Start: the agent relays stdin once the process runs. The
+    // relay blocks on our stdin, which may never end: it is not joined.
     spawn_stdin_relay(stdio.stdin, sender.clone());
-    let outcome = await_exit(&mut vm);
+
+    let outcome = await_exit(&mut vm, opts.timeout.map(|t| (t_run + t, t)));
+    let outcome = match outcome {
+        Ok(exit) => drain(&mut vm, &out, &err, &exit).map(|()| exit),
+        Err(e) => Err(e),
+    };
     let run_time = t_run.elapsed();
-    vm.finish(POWEROFF_GRACE);
+    vm.finish(vm.deadlines().poweroff);
     signal_handle.close();
     let _ = forwarder.join();
-    let got_out = out.join().unwrap_or(0);
-    let got_err = err.join().unwrap_or(0);
-    let exit = outcome?;
-    for (stream, got, want) in [
-        ("stdout", got_out, exit.stdout_bytes),
-        ("stderr", got_err, exit.stderr_bytes),
-    ] {
-        if got != want {
-            return Err(RunError::Truncated {
-                id,
-                stream,
-                got,
-                want,
-            });
-        }
+    // QEMU is gone: the relays end at once.
+    let _ = out.join(Duration::from_secs(5));
+    let _ = err.join(Duration::from_secs(5));
+    let signal = torn_down.load(Ordering::SeqCst);
+    if signal != 0 {
+        return Err(RunError::TornDown { id, signal });
     }
+    let exit = outcome?;
     if opts.timings {
         eprintln!(
             "mu2: timing boot_to_ready_ms={} run_ms={} total_ms={}",
@@ -180,50 +250,127 @@ pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
     Ok(u8::try_from(exit.status).unwrap_or(EXIT_MU2_FAILED))
 }
 
-fn await_exit(vm: &mut Vm) -> Result<Exit, RunError> {
+/// Waits for the process's Exit; `timeout`: (deadline, as given).
+fn await_exit(vm: &mut Vm, timeout: Option<(Instant, Duration)>) -> Result<Exit, RunError> {
+    let event = vm.next_event(timeout.map(|(d, _)| d));
+    let unexpected = match event {
+        Some(AgentEvent::Msg(GuestMsg::Exit(e))) => return Ok(e),
+        // Answers to nothing we asked: out of turn.
+        Some(AgentEvent::Msg(other)) => describe_msg(&other),
+        Some(AgentEvent::Closed) => {
+            vm.finish(Duration::ZERO);
+            return Err(RunError::VmGone {
+                id: vm.id().to_string(),
+                console: vm.console_tail(CONSOLE_TAIL_LINES),
+            });
+        }
+        Some(AgentEvent::Broken(message)) => {
+            vm.kill();
+            return Err(VmError::Broken {
+                id: vm.id().to_string(),
+                message,
+            }
+            .into());
+        }
+        None => {
+            vm.kill();
+            let (_, timeout) = timeout.expect("no deadline, no timeout");
+            return Err(RunError::Timeout {
+                id: vm.id().to_string(),
+                timeout,
+            });
+        }
+    };
+    vm.kill();
+    Err(VmError::Unexpected {
+        id: vm.id().to_string(),
+        got: unexpected,
+        want: "Exit",
+    }
+    .into())
+}
+
+/// Waits until every byte `exit` counted has reached our stdout and stderr,
+/// then lets the VM power off.
+fn drain(vm: &mut Vm, out: &OutputRelay, err: &OutputRelay, exit: &Exit) -> Result<(), RunError> {
+    let watch = DrainWatch::new(
+        vec![exit.stdout_bytes, exit.stderr_bytes],
+        vm.deadlines().drain,
+    );
     loop {
-        match vm.recv()? {
-            Some(GuestMsg::Started { pid }) => {
-                log::debug!("vm {}: process started as guest pid {pid}", vm.id())
+        match watch.poll(&[out, err], false) {
+            Drain::Pending => std::thread::sleep(DRAIN_POLL),
+            Drain::Complete => {
+                vm.sender().send(&HostMsg::ExitAck)?;
+                return Ok(());
             }
-            Some(GuestMsg::Exit(e)) => return Ok(e),
-            Some(GuestMsg::StartFailed { reason, message }) => {
-                return Err(RunError::StartFailed { reason, message })
-            }
-            Some(GuestMsg::Ready(_)) => {
-                return Err(VmError::Unexpected {
+            Drain::Short { stream, got, want } => {
+                vm.kill();
+                return Err(RunError::Truncated {
                     id: vm.id().to_string(),
-                    got: "a second Ready".into(),
-                    want: "Started, StartFailed or Exit",
-                }
-                .into())
-            }
-            None => {
-                vm.finish(Duration::ZERO);
-                return Err(RunError::VmGone {
-                    id: vm.id().to_string(),
-                    console: vm.console_tail(CONSOLE_TAIL_LINES),
+                    stream,
+                    got,
+                    want,
                 });
             }
         }
     }
 }
 
-fn forward_signals(mut signals: Signals, sender: ControlSender, terminal: bool) -> JoinHandle<()> {
+/// Forwards our signals to the process; a second INT or TERM, or the grace
+/// period after the first, kills the VM instead (and records the signal).
+fn forward_signals(
+    mut signals: Signals,
+    sender: ControlSender,
+    kill: KillHandle,
+    torn_down: Arc<AtomicI32>,
+    terminal: bool,
+    grace: Duration,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
+        let mut first_stop: Option<i32> = None;
+        let tear_down = |sig: i32| {
+            if torn_down
+                .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                log::warn!("signal {sig}: tearing the vm down");
+                kill.kill();
+            }
+        };
         for sig in signals.forever() {
-            let msg = if sig == SIGWINCH {
-                match (terminal, tty::window_size()) {
-                    (true, Some(size)) => HostMsg::Resize(size),
-                    _ => continue,
+            if sig == SIGWINCH {
+                if let (true, Some(size)) = (terminal, tty::window_size()) {
+                    let _ = sender.send(&HostMsg::Resize(size));
                 }
-            } else {
-                HostMsg::Signal {
+                continue;
+            }
+            if sig == SIGINT || sig == SIGTERM {
+                if first_stop.is_some() {
+                    tear_down(sig);
+                    continue;
+                }
+                first_stop = Some(sig);
+                let kill = kill.clone();
+                let torn_down = Arc::clone(&torn_down);
+                std::thread::spawn(move || {
+                    std::thread::sleep(grace);
+                    if torn_down
+                        .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                    {
+                        log::warn!("the process did not end within {grace:?} of signal {sig}: tearing the vm down");
+                        kill.kill();
+                    }
+                });
+            }
+            if sender
+                .send(&HostMsg::Signal {
                     signal: sig,
                     all: false,
-                }
-            };
-            if sender.send(&msg).is_err() {
+                })
+                .is_err()
+            {
                 break;
             }
         }
@@ -252,32 +399,4 @@ fn spawn_stdin_relay(mut vm_stdin: UnixStream, sender: ControlSender) {
         }
         let _ = sender.send(&HostMsg::StdinClose { total_bytes: total });
     });
-}
-
-/// Copies a VM output stream to `out` until the VM closes it; returns the
-/// bytes received. If `out` fails (a closed pipe), the stream is still
-/// drained so that the guest is never blocked forever.
-fn spawn_output_relay<W: Write + Send + 'static>(
-    mut from: UnixStream,
-    mut out: W,
-) -> JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let mut total: u64 = 0;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut out_ok = true;
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    total += n as u64;
-                    if out_ok && (out.write_all(&buf[..n]).is_err() || out.flush().is_err()) {
-                        out_ok = false;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        total
-    })
 }

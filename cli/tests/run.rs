@@ -488,3 +488,127 @@ fn file_bind_mounts_bind_just_the_file() {
         "fixed\n"
     );
 }
+
+/// The value of extended attribute `name` of `path` (not following
+/// symlinks), if it has one.
+fn host_xattr(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let cname = std::ffi::CString::new(name).unwrap();
+    let mut buf = [0u8; 256];
+    // SAFETY: NUL-terminated strings and a live buffer of that length.
+    let n = unsafe {
+        libc::lgetxattr(
+            cpath.as_ptr(),
+            cname.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| buf[..n as usize].to_vec())
+}
+
+/// Issue item 10: a writable share is id-mapped, so what the guest creates
+/// there belongs to host root; the jailed QEMU's policy refuses setuid and
+/// setgid modes (EPERM), and it has no CAP_SETFCAP for file capabilities.
+/// So nothing the guest writes is privileged on the host, while plain modes
+/// and user xattrs still work. Only jailed: unjailed, QEMU is host root.
+#[test]
+fn a_guest_cannot_plant_privileged_files_on_a_writable_share() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(base) = setup() else { return };
+    if !matches!(
+        mu2_microvm::jail::JailMode::load(),
+        Ok(mu2_microvm::jail::JailMode::Jailed(_))
+    ) {
+        eprintln!("skipping: the jail is not configured, and the guarantee holds only jailed");
+        return;
+    }
+    // The image: a copy of the busybox rootfs with a setuid and a setgid
+    // program in it.
+    let image = tempfile::tempdir().unwrap();
+    let rootfs = image.path().join("rootfs");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(base.join("rootfs"))
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    for (name, mode) in [("suidprog", 0o4755), ("sgidprog", 0o2755)] {
+        let p = rootfs.join("bin").join(name);
+        std::fs::copy(rootfs.join("bin/busybox"), &p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let vol = tempfile::tempdir().unwrap();
+    // security.capability: VFS_CAP_REVISION_2, effective, CAP_SETUID.
+    let cap = "0100000280000000000000000000000000000000";
+    let script = format!(
+        "cd /v; touch f; \
+         chmod 4755 f; echo chmod 4755 $?; chmod 2755 f; echo chmod 2755 $?; \
+         chmod 6755 f; echo chmod 6755 $?; chmod u+s,g+s f; echo chmod u+s,g+s $?; \
+         chmod 755 f; echo chmod 755 $?; \
+         mkdir d; chmod 2755 d; echo chmod dir 2755 $?; \
+         mkfifo -m 4755 p 2>/dev/null; \
+         cp -p /bin/suidprog s 2>/dev/null; cp -p /bin/sgidprog g 2>/dev/null; \
+         cp -a /bin/suidprog a 2>/dev/null; cp /bin/suidprog b 2>/dev/null; echo cp $?; \
+         cat /bin/suidprog > c; echo cat $?; \
+         mu2-probe setxattr f security.capability {cap} 2>/dev/null; echo capability $?; \
+         mu2-probe setxattr c security.capability {cap} 2>/dev/null; echo capability $?; \
+         mu2-probe setxattr f trusted.mu2 76 2>/dev/null; echo trusted $?; \
+         mu2-probe setxattr f user.mu2 76; echo user $?; \
+         ls -ln /v >&2"
+    );
+    let mut b = TestBundle::new(&base, &["sh", "-c", &script]);
+    b.config["root"]["path"] = json!(rootfs);
+    b.config["mounts"] = json!([
+        {"destination": "/v", "type": "bind", "source": vol.path(), "options": ["rbind", "rw"]}
+    ]);
+    let out = run(&b);
+    eprintln!("guest: {}", out.stderr_str());
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr_str());
+    assert_eq!(
+        out.stdout_str(),
+        "chmod 4755 1\nchmod 2755 1\nchmod 6755 1\nchmod u+s,g+s 1\nchmod 755 0\n\
+         chmod dir 2755 1\ncp 1\ncat 0\ncapability 2\ncapability 2\ntrusted 2\nuser 0\n"
+    );
+
+    // On the host: root's files (the id map), the plain chmod took, no
+    // setuid or setgid bit and no file capability anywhere.
+    let f = vol.path().join("f");
+    let meta = std::fs::symlink_metadata(&f).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+    // busybox cp creates the copy with the source's mode, setuid bit and
+    // all: refused (EPERM), nothing created; its bytes can still be copied.
+    for refused in ["s", "g", "a", "b", "p"] {
+        assert!(!vol.path().join(refused).exists(), "{refused} was created");
+    }
+    assert_eq!(
+        std::fs::read(vol.path().join("c")).unwrap(),
+        std::fs::read(rootfs.join("bin/busybox")).unwrap()
+    );
+    let mut seen = 0;
+    for e in std::fs::read_dir(vol.path()).unwrap() {
+        let e = e.unwrap();
+        let mode = e.metadata().unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o6000,
+            0,
+            "{} is {:o} on the host",
+            e.path().display(),
+            mode
+        );
+        for name in ["security.capability", "trusted.mu2"] {
+            assert_eq!(
+                host_xattr(&e.path(), name),
+                None,
+                "{name} on {}",
+                e.path().display()
+            );
+        }
+        seen += 1;
+    }
+    assert!(seen >= 3, "only {seen} entries on the share");
+    assert_eq!(host_xattr(&f, "user.mu2").as_deref(), Some(&b"v"[..]));
+}

@@ -84,6 +84,22 @@ impl Cgroup {
         Ok(cg)
     }
 
+    /// Applies new limits (containerd's Update); limits not given stay.
+    pub fn update(&self, u: &mu2_protocol::Update) -> Result<(), CgroupError> {
+        use mu2_protocol::Limit;
+        let value = |l: Limit| match l {
+            Limit::Unlimited => "max".to_string(),
+            Limit::Amount(n) => n.to_string(),
+        };
+        if let Some(l) = u.memory_bytes {
+            self.write("memory.max", &value(l))?;
+        }
+        if let Some(l) = u.pids {
+            self.write("pids.max", &value(l))?;
+        }
+        Ok(())
+    }
+
     /// `cgroup.procs`, where the container process writes "0" to join.
     pub fn procs_file(&self) -> PathBuf {
         self.path.join("cgroup.procs")
@@ -139,6 +155,19 @@ mod tests {
         assert!(!root.join("ctr/pids.max").exists());
         assert_eq!(cg.procs_file(), root.join("ctr/cgroup.procs"));
         std::fs::write(root.join("ctr/memory.events"), "oom_kill 1\n").unwrap();
+        cg.update(&mu2_protocol::Update {
+            memory_bytes: Some(mu2_protocol::Limit::Unlimited),
+            pids: Some(mu2_protocol::Limit::Amount(7)),
+        })
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("ctr/memory.max")).unwrap(),
+            "max"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("ctr/pids.max")).unwrap(),
+            "7"
+        );
         assert!(cg.oom_killed());
         std::fs::remove_dir_all(&root).unwrap();
     }

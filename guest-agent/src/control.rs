@@ -1,5 +1,6 @@
-//! The control loop while the container runs: signals, window size and the
-//! end of stdin, from the host's control port.
+//! The control loop while the container runs: signals, window size, the end
+//! of stdin, new limits and, after `Exit`, the host's acknowledgement, from
+//! the host's control port.
 //!
 //! Runs in its own thread; the main thread waits for the process and sends
 //! `Exit`. If the host goes away (EOF or a broken frame on the control port)
@@ -25,6 +26,12 @@ pub struct Target {
     /// The pty master when the process has a terminal.
     pub pty: Option<Arc<File>>,
     pub stdin: StdinControl,
+    /// The container's cgroup, for Update.
+    pub cgroup: crate::cgroup::Cgroup,
+    /// The control port's writing end, for Updated.
+    pub out: crate::Shared,
+    /// Told when the host acknowledged the exit.
+    pub acked: std::sync::mpsc::Sender<()>,
 }
 
 pub fn spawn(mut control: File, target: Target) -> std::io::Result<JoinHandle<()>> {
@@ -57,7 +64,20 @@ fn run(control: &mut File, target: &Target) {
                 }
             }
             HostMsg::StdinClose { total_bytes } => target.stdin.close_at(total_bytes),
-            HostMsg::Run(_) => crate::log_error("ignoring a second Run: one process per VM"),
+            HostMsg::Update(u) => {
+                let error = target.cgroup.update(&u).err().map(|e| crate::chain(&e));
+                let reply = mu2_protocol::GuestMsg::Updated { error };
+                let mut out = target.out.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = mu2_protocol::write_msg(&mut *out, &reply) {
+                    crate::log_error(&format!("cannot answer an update: {e}"));
+                }
+            }
+            HostMsg::ExitAck => {
+                let _ = target.acked.send(());
+            }
+            HostMsg::Run(_) | HostMsg::Start => {
+                crate::log_error("ignoring a second Run or Start: one process per VM")
+            }
         }
     }
 }

@@ -2,11 +2,15 @@
 //!
 //! init starts the agent once the virtio modules are loaded. The agent
 //! opens the four virtio-serial ports, announces itself with `Ready`, takes
-//! exactly one `Run`, builds the container root ([`rootfs`]), the cgroup
-//! ([`cgroup`]) and stdio ([`stdio`]), starts the process ([`spawn`]),
+//! exactly one `Run` and prepares the container for it — root ([`rootfs`]),
+//! cgroup ([`cgroup`]), stdio ([`stdio`]), args[0] resolved — answering
+//! `Prepared` (or `StartFailed`: a missing binary fails here, at containerd's
+//! Create, as under runc). On `Start` it forks the process ([`spawn`]),
 //! answers the host's control messages while it runs ([`control`]), and
-//! reports `Exit` once the process ended and all of its output reached the
-//! host. Then it exits and init powers the VM off: one VM, one process.
+//! reports `Exit` once the process ended and all of its output was written
+//! to the ports. It then waits for the host's `ExitAck` — output can still
+//! sit in a virtio queue — and exits, and init powers the VM off: one VM,
+//! one process.
 //!
 //! Errors go to the console with a `mu2-agent:` prefix; everything else
 //! only with `mu2.debug=1` on the kernel command line (`MU2_DEBUG` from init).
@@ -150,10 +154,14 @@ pub fn run() -> i32 {
     }
 }
 
-fn send(control: &mut File, what: &'static str, msg: &GuestMsg) -> Result<(), AgentError> {
+fn send(control: &Shared, what: &'static str, msg: &GuestMsg) -> Result<(), AgentError> {
     log_debug(&format!("send {msg:?}"));
-    write_msg(control, msg).map_err(|source| AgentError::Send { what, source })
+    let mut out = control.lock().unwrap_or_else(|e| e.into_inner());
+    write_msg(&mut *out, msg).map_err(|source| AgentError::Send { what, source })
 }
+
+/// The control port's writing end, shared by the main and control threads.
+pub type Shared = Arc<std::sync::Mutex<File>>;
 
 fn serve() -> Result<(), AgentError> {
     let Ports {
@@ -162,32 +170,49 @@ fn serve() -> Result<(), AgentError> {
         stdout,
         stderr,
     } = Ports::open()?;
-    let mut out = control;
-    let mut input = out.try_clone().map_err(|source| AgentError::Dup {
+    let mut input = control.try_clone().map_err(|source| AgentError::Dup {
         what: "control",
         source,
     })?;
-    send(&mut out, "Ready", &GuestMsg::Ready(ready()))?;
+    let out: Shared = Arc::new(std::sync::Mutex::new(control));
+    send(&out, "Ready", &GuestMsg::Ready(ready()))?;
 
     let run = match read_msg::<_, HostMsg>(&mut input) {
         Ok(Some(HostMsg::Run(run))) => run,
         Ok(None) => return Err(AgentError::HostGone),
         Ok(Some(other)) => {
             let message = format!("expected Run as the first message, got {other:?}");
-            return fail(&mut out, StartFailReason::Invalid, message);
+            return fail(&out, StartFailReason::Invalid, message);
         }
         Err(e @ ProtocolError::Frame(FrameError::Io(_))) => return Err(AgentError::Receive(e)),
-        Err(e) => return fail(&mut out, StartFailReason::Invalid, chain(&e)),
+        Err(e) => return fail(&out, StartFailReason::Invalid, chain(&e)),
     };
     log_debug(&format!("run {run:?}"));
 
-    let started = match start(&run) {
+    // Create: everything but the fork, so that a missing binary or a bad
+    // mount fails here, as runc's create does.
+    let prepared = match prepare(&run) {
+        Ok(p) => p,
+        Err(f) => return fail(&out, f.reason, f.message),
+    };
+    send(
+        &out,
+        "Prepared",
+        &GuestMsg::Prepared {
+            path: prepared.program.clone(),
+        },
+    )?;
+    if !await_start(&mut input, &out, &prepared.cgroup)? {
+        return Err(AgentError::HostGone);
+    }
+
+    let started = match start(prepared) {
         Ok(s) => s,
-        Err(f) => return fail(&mut out, f.reason, f.message),
+        Err(f) => return fail(&out, f.reason, f.message),
     };
     let pid = started.pid;
     send(
-        &mut out,
+        &out,
         "Started",
         &GuestMsg::Started {
             pid: pid.as_raw() as u32,
@@ -215,12 +240,16 @@ fn serve() -> Result<(), AgentError> {
         None => None,
     };
     let (stdin_ctl, _stdin_relay) = stdio::spawn_stdin_relay(stdin, stdin_dst)?;
+    let (acked_tx, acked) = std::sync::mpsc::channel();
     control::spawn(
         input,
         control::Target {
             pid,
             pty: started.pty,
             stdin: stdin_ctl,
+            cgroup: started.cgroup.clone(),
+            out: Arc::clone(&out),
+            acked: acked_tx,
         },
     )
     .map_err(|source| AgentError::Thread {
@@ -240,10 +269,38 @@ fn serve() -> Result<(), AgentError> {
         stdout_bytes,
         stderr_bytes,
     };
-    send(&mut out, "Exit", &GuestMsg::Exit(exit))
+    send(&out, "Exit", &GuestMsg::Exit(exit))?;
+    // Bytes written to a port may still sit in its virtio queue: the VM
+    // stays up until the host says it has them all (or goes away, which
+    // ends the control thread and this process).
+    let _ = acked.recv();
+    log_debug("exit acknowledged");
+    Ok(())
 }
 
-fn fail(out: &mut File, reason: StartFailReason, message: String) -> Result<(), AgentError> {
+/// Serves the host between Prepared and Start: Update is answered, anything
+/// else waits for the process. `false`: the host went away.
+fn await_start(
+    input: &mut File,
+    out: &Shared,
+    cgroup: &cgroup::Cgroup,
+) -> Result<bool, AgentError> {
+    loop {
+        match read_msg::<_, HostMsg>(input) {
+            Ok(Some(HostMsg::Start)) => return Ok(true),
+            Ok(Some(HostMsg::Update(u))) => {
+                let error = cgroup.update(&u).err().map(|e| chain(&e));
+                send(out, "Updated", &GuestMsg::Updated { error })?;
+            }
+            Ok(Some(other)) => log_error(&format!("ignoring {other:?} before Start")),
+            Ok(None) => return Ok(false),
+            Err(e @ ProtocolError::Frame(_)) => return Err(AgentError::Receive(e)),
+            Err(e) => log_error(&format!("ignoring a bad control message: {}", chain(&e))),
+        }
+    }
+}
+
+fn fail(out: &Shared, reason: StartFailReason, message: String) -> Result<(), AgentError> {
     log_error(&format!("start failed ({reason:?}): {message}"));
     send(
         out,
@@ -279,8 +336,20 @@ struct Started {
     cgroup: cgroup::Cgroup,
 }
 
-/// Builds the container and starts its process. Single-threaded.
-fn start(run: &Run) -> Result<Started, StartFailure> {
+/// A container set up and waiting for Start.
+struct PreparedProcess {
+    plan: Plan,
+    /// args[0] as found in the root.
+    program: String,
+    child_stdio: ChildStdio,
+    stdio: AgentStdio,
+    pty: Option<Arc<File>>,
+    cgroup: cgroup::Cgroup,
+}
+
+/// Builds the container up to the fork: hostname, root, mounts, cgroup,
+/// stdio, and args[0] resolved. Single-threaded.
+fn prepare(run: &Run) -> Result<PreparedProcess, StartFailure> {
     if !run.hostname.is_empty() {
         nix::unistd::sethostname(&run.hostname)
             .map_err(|e| StartFailure::setup("set the hostname", &e))?;
@@ -303,9 +372,10 @@ fn start(run: &Run) -> Result<Started, StartFailure> {
         Some(cgroup.procs_file()),
         passwd.as_deref(),
     )?;
+    let program = plan.resolve()?;
 
     let p = &run.process;
-    let (child_stdio, agent_stdio, pty) = if p.terminal {
+    let (child_stdio, stdio, pty) = if p.terminal {
         let (rows, cols) = p.console_size.map(|s| (s.rows, s.cols)).unwrap_or((0, 0));
         let pts = prepared.root.join("dev/pts");
         let pts = if prepared.dev_is_ours {
@@ -333,13 +403,25 @@ fn start(run: &Run) -> Result<Started, StartFailure> {
         let (child, agent) = stdio::pipes().map_err(|e| StartFailure::setup("set up stdio", &e))?;
         (child, AgentStdio::Pipes(agent), None)
     };
-    let pid = spawn::spawn(&plan, child_stdio)?;
+    Ok(PreparedProcess {
+        plan,
+        program,
+        child_stdio,
+        stdio,
+        pty,
+        cgroup,
+    })
+}
+
+/// Starts the prepared process. Single-threaded.
+fn start(p: PreparedProcess) -> Result<Started, StartFailure> {
+    let pid = spawn::spawn(&p.plan, p.child_stdio)?;
     log_debug(&format!("container process {pid} started"));
     Ok(Started {
         pid,
-        stdio: agent_stdio,
-        pty,
-        cgroup,
+        stdio: p.stdio,
+        pty: p.pty,
+        cgroup: p.cgroup,
     })
 }
 

@@ -156,6 +156,43 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Finds args[0] in the container root the way the exec will (PATH,
+    /// cwd for a relative name, symlinks re-rooted), before anything is
+    /// forked: a missing or non-executable binary fails the container's
+    /// set-up, as runc's create does. Returns the path found.
+    pub fn resolve(&self) -> Result<String, SpawnError> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut denied = false;
+        for c in &self.candidates {
+            let c = c.to_string_lossy();
+            let abs = if c.starts_with('/') {
+                c.into_owned()
+            } else {
+                format!("{}/{c}", self.cwd.trim_end_matches('/'))
+            };
+            let Ok(host) = crate::paths::resolve(&self.root, &abs) else {
+                denied = true;
+                continue;
+            };
+            match std::fs::metadata(&host) {
+                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(abs),
+                Ok(_) => denied = true,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
+                Err(_) => denied = true,
+            }
+        }
+        let f = exec_failure(
+            &self.arg0,
+            if denied { Errno::EACCES } else { Errno::ENOENT },
+        );
+        Err(match f.kind {
+            KIND_NOT_FOUND => SpawnError::NotFound(f.message),
+            _ => SpawnError::NotExecutable(f.message),
+        })
+    }
+}
+
 fn cstring(s: String, what: &'static str) -> Result<CString, SpawnError> {
     CString::new(s).map_err(|_| SpawnError::Nul { what })
 }
@@ -417,6 +454,86 @@ mod tests {
         assert_eq!(resource(7).unwrap(), Resource::RLIMIT_NOFILE);
         assert_eq!(resource(6).unwrap(), Resource::RLIMIT_NPROC);
         assert!(matches!(resource(16), Err(SpawnError::UnknownRlimit(16))));
+    }
+
+    fn plan_in(root: &std::path::Path, arg0: &str, path_env: &str) -> Plan {
+        let run = Run {
+            root: mu2_protocol::Root {
+                share_tag: "rootfs".into(),
+                readonly: false,
+            },
+            process: mu2_protocol::Process {
+                args: vec![arg0.into()],
+                env: vec![format!("PATH={path_env}")],
+                cwd: "/work".into(),
+                user: mu2_protocol::User {
+                    uid: 0,
+                    gid: 0,
+                    additional_gids: vec![],
+                    umask: None,
+                },
+                terminal: false,
+                console_size: None,
+                rlimits: vec![],
+                no_new_privileges: false,
+            },
+            hostname: String::new(),
+            mounts: vec![],
+            memory_limit_bytes: None,
+            pids_limit: None,
+        };
+        let proc = ProcMount {
+            target: root.join("proc"),
+            opts: crate::mountopts::MountOpts::parse::<&str>(&[], false),
+        };
+        Plan::new(&run, root.to_path_buf(), proc, None, None).unwrap()
+    }
+
+    #[test]
+    fn args0_is_resolved_in_the_root_before_the_fork() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for dir in ["bin", "usr/bin", "work", "data"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        let exe = |p: &str, mode: u32| {
+            std::fs::write(root.join(p), "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        exe("usr/bin/tool", 0o755);
+        exe("bin/plain", 0o644);
+        exe("work/local", 0o700);
+        // An absolute symlink is re-rooted: /bin/sh -> /usr/bin/tool.
+        std::os::unix::fs::symlink("/usr/bin/tool", root.join("bin/sh")).unwrap();
+        assert_eq!(
+            plan_in(root, "tool", "/bin:/usr/bin").resolve().unwrap(),
+            "/usr/bin/tool"
+        );
+        assert_eq!(plan_in(root, "sh", "/bin").resolve().unwrap(), "/bin/sh");
+        assert_eq!(
+            plan_in(root, "./local", "/bin").resolve().unwrap(),
+            "/work/./local"
+        );
+        assert!(matches!(
+            plan_in(root, "nothing", "/bin:/usr/bin").resolve(),
+            Err(SpawnError::NotFound(_))
+        ));
+        assert!(matches!(
+            plan_in(root, "plain", "/bin").resolve(),
+            Err(SpawnError::NotExecutable(_))
+        ));
+        // A directory on the way is not the binary.
+        assert!(matches!(
+            plan_in(root, "/data", "/bin").resolve(),
+            Err(SpawnError::NotExecutable(_))
+        ));
+        // A later candidate still wins over an earlier non-executable one.
+        exe("usr/bin/plain", 0o755);
+        assert_eq!(
+            plan_in(root, "plain", "/bin:/usr/bin").resolve().unwrap(),
+            "/usr/bin/plain"
+        );
     }
 
     #[test]

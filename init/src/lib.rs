@@ -14,6 +14,7 @@
 pub mod cmdline;
 pub mod kmod;
 pub mod mounts;
+pub mod timer;
 
 use std::fs::OpenOptions;
 use std::io;
@@ -82,6 +83,15 @@ fn supervise(cmdline: &cmdline::Cmdline) -> Result<(), InitError> {
         ));
     }
     mounts::mount_rest()?;
+    // Before anything waits on time (module loading already may).
+    match timer::ticking() {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("{}; the guest kernel disabled its APIC timer (its calibration was disturbed by a loaded host); powering off", timer::NO_TIMER_MARKER);
+            power_off();
+        }
+        Err(e) => log(&format!("cannot read /proc/interrupts: {e}")),
+    }
     kmod::load_all(debug)?;
     set_oom_score_adj("self", OOM_SCORE_ADJ_MIN)?;
     // Always overcommit, as a large host effectively does: a container that

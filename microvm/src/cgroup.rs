@@ -190,6 +190,7 @@ pub struct VmCgroup {
     /// Open `cgroup.procs` files QEMU writes 0 to before exec.
     procs: Mutex<Vec<OwnedFd>>,
     removed: AtomicBool,
+    id: String,
 }
 
 impl VmCgroup {
@@ -202,6 +203,7 @@ impl VmCgroup {
             dirs: Vec::new(),
             procs: Mutex::new(Vec::new()),
             removed: AtomicBool::new(false),
+            id: id.to_string(),
         };
         // On error, `cg` drops and removes the directories made so far.
         cg.make(id, limits)?;
@@ -313,6 +315,81 @@ impl VmCgroup {
     /// The cgroup directories (one on v2, one per hierarchy on v1).
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
+    }
+
+    /// Caps the VMM's CPU time at `quota` µs per `period` µs (`None`: no
+    /// cap), as containerd's Update asks.
+    pub fn set_cpu_quota(&self, quota: Option<(u64, u64)>) -> Result<(), CgroupError> {
+        match &self.layout {
+            Layout::V2(root) => {
+                let value = match quota {
+                    Some((q, p)) => format!("{q} {p}"),
+                    None => format!("max {CPU_PERIOD_US}"),
+                };
+                write(&root.join(PARENT).join(&self.id).join("cpu.max"), &value)
+            }
+            Layout::V1 { cpu, .. } => {
+                let dir = cpu.join(PARENT).join(&self.id);
+                match quota {
+                    Some((q, p)) => {
+                        // The quota first when it shrinks below the old
+                        // period's, the period first otherwise: either
+                        // order may be refused, so try both.
+                        let try_write = || -> Result<(), CgroupError> {
+                            write(&dir.join("cpu.cfs_period_us"), &p.to_string())?;
+                            write(&dir.join("cpu.cfs_quota_us"), &q.to_string())
+                        };
+                        try_write().or_else(|_| {
+                            write(&dir.join("cpu.cfs_quota_us"), &q.to_string())?;
+                            write(&dir.join("cpu.cfs_period_us"), &p.to_string())
+                        })
+                    }
+                    None => write(&dir.join("cpu.cfs_quota_us"), "-1"),
+                }
+            }
+        }
+    }
+
+    /// The VMM's CPU weight, given as cgroup v1 shares (2..=262144; on v2
+    /// converted to `cpu.weight` as runc does).
+    pub fn set_cpu_shares(&self, shares: u64) -> Result<(), CgroupError> {
+        let shares = shares.clamp(2, 262_144);
+        match &self.layout {
+            Layout::V2(root) => {
+                let weight = 1 + ((shares - 2) * 9999) / 262_142;
+                write(
+                    &root.join(PARENT).join(&self.id).join("cpu.weight"),
+                    &weight.to_string(),
+                )
+            }
+            Layout::V1 { cpu, .. } => write(
+                &cpu.join(PARENT).join(&self.id).join("cpu.shares"),
+                &shares.to_string(),
+            ),
+        }
+    }
+
+    /// The VMM's CPU cap as (quota µs, period µs); `None` when uncapped.
+    pub fn cpu_quota(&self) -> Result<Option<(u64, u64)>, CgroupError> {
+        let read = |p: PathBuf| {
+            fs::read_to_string(&p)
+                .map(|s| s.trim().to_string())
+                .map_err(|source| CgroupError::Read { path: p, source })
+        };
+        match &self.layout {
+            Layout::V2(root) => {
+                let v = read(root.join(PARENT).join(&self.id).join("cpu.max"))?;
+                let mut it = v.split_whitespace();
+                let (q, p) = (it.next().unwrap_or("max"), it.next().unwrap_or("100000"));
+                Ok(q.parse().ok().zip(p.parse().ok()))
+            }
+            Layout::V1 { cpu, .. } => {
+                let dir = cpu.join(PARENT).join(&self.id);
+                let q: i64 = read(dir.join("cpu.cfs_quota_us"))?.parse().unwrap_or(-1);
+                let p: u64 = read(dir.join("cpu.cfs_period_us"))?.parse().unwrap_or(0);
+                Ok((q > 0).then_some((q as u64, p)))
+            }
+        }
     }
 
     /// Stops every thread of the VMM: the VM is paused.

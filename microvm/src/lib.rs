@@ -17,18 +17,21 @@
 pub mod accel;
 pub mod cgroup;
 pub mod console;
+pub mod deadlines;
 pub mod guest;
 pub mod jail;
 pub mod qemu;
 pub mod record;
+pub mod relay;
 pub mod spec;
 mod sys;
 pub mod vm;
 
 pub use accel::{Accel, AccelChoice};
+pub use deadlines::Deadlines;
 pub use guest::GuestImage;
 pub use spec::{Share, VmSpec};
-pub use vm::{Vm, VmError};
+pub use vm::{AgentEvent, KillHandle, Vm, VmError};
 
 /// An error and its causes on one line, each cause once (a cause whose text
 /// its wrapper already shows is not repeated).

@@ -1,9 +1,9 @@
 //! `VmSpec`: everything needed to start one single-use microVM.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::accel::Accel;
+use crate::deadlines::Deadlines;
 use crate::jail::JailMode;
 use crate::record::Owner;
 
@@ -17,10 +17,6 @@ pub const MIN_MEMORY_MIB: u32 = 96;
 pub const MAX_MEMORY_MIB: u32 = 64 * 1024;
 /// Most vCPUs a spec may ask for.
 pub const MAX_VCPUS: u32 = 64;
-/// How long a VM may take from launch to the agent's Ready. A TCG boot
-/// takes ~3 s on an idle core; two VMs booting on a loaded 2-core host take
-/// several times that.
-pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// TCG translation-cache size: QEMU's default costs ~240 MiB RSS per VM.
 pub const DEFAULT_TB_SIZE_MIB: u32 = 64;
 /// Most 9p shares a VM may have.
@@ -46,7 +42,8 @@ pub struct VmSpec {
     pub vcpus: u32,
     pub accel: Accel,
     pub shares: Vec<Share>,
-    pub ready_timeout: Duration,
+    /// Every wait on the guest, the jailer and QEMU ends by these.
+    pub deadlines: Deadlines,
     pub tb_size_mib: u32,
     /// Verbose guest console (`mu2.debug=1`) echoed to our stderr.
     pub debug: bool,
@@ -150,7 +147,7 @@ pub(crate) mod tests {
                 host_path: "/".into(),
                 readonly: true,
             }],
-            ready_timeout: DEFAULT_READY_TIMEOUT,
+            deadlines: Deadlines::default(),
             tb_size_mib: DEFAULT_TB_SIZE_MIB,
             debug: false,
             jail: JailMode::Disabled {

@@ -65,26 +65,26 @@ pub(crate) fn prepare_child(
     }
 }
 
-/// A pidfd for process `pid` (pidfd_open(2)): it names that process and no
-/// other, even once the pid is reused, so a signal sent through it cannot
-/// reach a stranger.
+/// A pidfd for process `pid`: a handle that keeps naming that process even
+/// after it died and its pid was given to another one.
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-    // SAFETY: pidfd_open takes a pid and flags, no pointers.
+    // SAFETY: pidfd_open takes a pid and flags, no pointers; it returns a
+    // new fd that nothing else owns, or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    // SAFETY: fd is a fresh descriptor returned to us alone.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Sends `signal` to the process `pidfd` names (pidfd_send_signal(2)).
+/// Sends `signal` to the process `pidfd` names; ESRCH once it has exited.
 pub(crate) fn pidfd_send_signal(pidfd: std::os::fd::BorrowedFd<'_>, signal: i32) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    // SAFETY: a NULL siginfo is allowed (the kernel fills one in as for
-    // kill(2)); the fd is borrowed for the call.
+    // SAFETY: pidfd_send_signal with a null siginfo and no flags reads no
+    // memory of ours; a stale or invalid fd yields an error.
     let r = unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,

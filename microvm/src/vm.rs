@@ -8,12 +8,25 @@
 //! kernel kills the VMM (the signal follows the *thread* that spawned it, so
 //! launch from a thread that lives as long as the VM). Dropping a [`Vm`]
 //! kills and reaps it.
+//!
+//! The agent's messages are read by one thread per VM and handed over a
+//! small bounded queue ([`Vm::next_event`]): every wait on the guest is a
+//! wait on that queue with a deadline ([`crate::Deadlines`]), so a guest
+//! that trickles a frame byte by byte cannot stretch it, and one that floods
+//! frames is held back by the queue (and killed by its owner at the first
+//! message out of turn). A frame that breaks the protocol ends the reading:
+//! the owner kills the VM.
+//!
+//! A [`KillHandle`] kills the VM from any thread through a pidfd of QEMU —
+//! the jailer, not us, reaps QEMU, so a bare pid could name a reused process.
 
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +37,7 @@ use mu2_protocol::{
 
 use crate::cgroup::{self, CgroupError, Limits, VmCgroup};
 use crate::console::ConsoleTail;
+use crate::deadlines::Deadlines;
 use crate::jail::{self, JailError, JailMode, JailRequest, JailResources};
 use crate::qemu::{self, ChannelFds};
 use crate::record::{self, RecordError, RecordGuard};
@@ -31,6 +45,11 @@ use crate::spec::{SpecError, VmSpec};
 
 /// How long a jailer has to kill and reap QEMU after SIGTERM.
 const JAILER_GRACE: Duration = Duration::from_secs(5);
+/// How many boots a VM gets when its guest comes up without a timer
+/// (see init's timer check): each boot calibrates anew.
+const BOOT_ATTEMPTS: u32 = 3;
+/// Agent messages queued between the reader thread and the VM's owner.
+const EVENT_QUEUE: usize = 8;
 
 /// Lines of console shown in a boot-failure error.
 pub const CONSOLE_TAIL_LINES: usize = 20;
@@ -69,10 +88,23 @@ pub enum VmError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot get a handle on the vmm of vm {id} (pid {pid})")]
+    Pidfd {
+        id: String,
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
     #[error("vm {id} was not ready within {timeout:?}; console tail:\n{console}")]
     NotReady {
         id: String,
         timeout: Duration,
+        console: String,
+    },
+    #[error("the guest of vm {id} had no timer after {attempts} boots (its kernel disabled the APIC timer: the host is too loaded for TCG's calibration); console tail:\n{console}")]
+    NoTimer {
+        id: String,
+        attempts: u32,
         console: String,
     },
     #[error("vm {id} exited before it was ready ({status}); qemu said: {stderr}\nconsole tail:\n{console}")]
@@ -82,18 +114,44 @@ pub enum VmError {
         stderr: String,
         console: String,
     },
+    #[error("the agent of vm {id} did not answer {what} within {timeout:?}; killed it; console tail:\n{console}")]
+    Deadline {
+        id: String,
+        what: &'static str,
+        timeout: Duration,
+        console: String,
+    },
+    #[error("vm {id} ended while {what}; console tail:\n{console}")]
+    Gone {
+        id: String,
+        what: &'static str,
+        console: String,
+    },
     #[error("agent of vm {id} broke the protocol")]
     Protocol {
         id: String,
         #[source]
         source: ProtocolError,
     },
+    #[error("agent of vm {id} broke the protocol: {message}")]
+    Broken { id: String, message: String },
     #[error("agent of vm {id} sent {got} where {want} was expected")]
     Unexpected {
         id: String,
         got: String,
         want: &'static str,
     },
+}
+
+/// What the agent's reader thread hands to the VM's owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEvent {
+    Msg(GuestMsg),
+    /// The control channel ended: QEMU exited (or closed it).
+    Closed,
+    /// The agent sent something that is not a valid frame or message; the
+    /// reader stopped. The VM should be killed.
+    Broken(String),
 }
 
 /// The VM's raw stdio streams.
@@ -103,7 +161,9 @@ pub struct VmStdio {
     pub stderr: UnixStream,
 }
 
-/// Sends control messages; cheap to clone and share between threads.
+/// Sends control messages; cheap to clone and share between threads. A
+/// write that the guest does not take within the `control_write` deadline
+/// fails (the socket has a send timeout).
 #[derive(Clone)]
 pub struct ControlSender {
     id: Arc<str>,
@@ -120,6 +180,38 @@ impl ControlSender {
     }
 }
 
+/// Kills a VM from any thread: SIGKILL to QEMU through a pidfd (after
+/// thawing a paused VM, which would not die frozen). The VM's owner then
+/// sees its channels end and reaps it.
+#[derive(Clone)]
+pub struct KillHandle {
+    inner: Arc<KillInner>,
+}
+
+struct KillInner {
+    id: String,
+    qemu: OwnedFd,
+    cgroup: Arc<VmCgroup>,
+    killed: AtomicBool,
+}
+
+impl KillHandle {
+    pub fn kill(&self) {
+        self.inner.killed.store(true, Ordering::SeqCst);
+        let _ = self.inner.cgroup.thaw();
+        match crate::sys::pidfd_send_signal(self.inner.qemu.as_fd(), libc::SIGKILL) {
+            Ok(()) => log::info!("vm {}: killed", self.inner.id),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => log::warn!("vm {}: cannot kill its vmm: {e}", self.inner.id),
+        }
+    }
+
+    /// Whether [`KillHandle::kill`] was called.
+    pub fn killed(&self) -> bool {
+        self.inner.killed.load(Ordering::SeqCst)
+    }
+}
+
 pub struct Vm {
     id: String,
     /// QEMU itself, or, when jailed, the jailer (QEMU's parent).
@@ -129,13 +221,17 @@ pub struct Vm {
     /// The jail's directory and id claim, released after the reap.
     jail: Option<JailResources>,
     reaped: Option<ExitStatus>,
-    control: UnixStream,
     sender: ControlSender,
+    events: Receiver<AgentEvent>,
+    /// The reader thread said Closed (or stopped): later waits return at once.
+    closed: bool,
     stdio: Option<VmStdio>,
     console: ConsoleTail,
     threads: Vec<JoinHandle<()>>,
     ready: Ready,
     boot_time: Duration,
+    deadlines: Deadlines,
+    kill: KillHandle,
     // Removed by Drop for Vm once QEMU is reaped; shared with
     // [`CgroupHandle`]s, which then fail.
     cgroup: Arc<VmCgroup>,
@@ -156,10 +252,47 @@ fn pair(id: &str) -> Result<Pair, VmError> {
     Ok(Pair { ours, theirs })
 }
 
+/// The host's ends of a VM's channels, prepared before QEMU starts so that
+/// nothing fallible remains between its spawn and the [`Vm`] that reaps it.
+struct HostEnds {
+    console: UnixStream,
+    control_reader: UnixStream,
+    control_writer: UnixStream,
+    stdio: VmStdio,
+}
+
 impl Vm {
-    /// Starts QEMU for `spec` and waits for the agent's Ready.
+    /// Starts QEMU for `spec` and waits for the agent's Ready. A guest that
+    /// comes up without a timer (a TCG calibration disturbed by host load)
+    /// is booted again, up to [`BOOT_ATTEMPTS`] times.
     pub fn launch(spec: &VmSpec) -> Result<Vm, VmError> {
         spec.validate()?;
+        let mut attempt = 1;
+        loop {
+            match Self::launch_once(spec) {
+                Err(VmError::ExitedEarly { console, .. })
+                    if console.contains(mu2_protocol::console::NO_TIMER) =>
+                {
+                    if attempt == BOOT_ATTEMPTS {
+                        return Err(VmError::NoTimer {
+                            id: spec.id.clone(),
+                            attempts: attempt,
+                            console,
+                        });
+                    }
+                    log::warn!(
+                        "vm {}: the guest came up without a timer (a loaded host disturbed its calibration); booting again ({} of {BOOT_ATTEMPTS})",
+                        spec.id,
+                        attempt + 1
+                    );
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn launch_once(spec: &VmSpec) -> Result<Vm, VmError> {
         let started = Instant::now();
         let id = spec.id.clone();
         // Before anything of the VM exists: the record claims its id (and
@@ -175,11 +308,30 @@ impl Vm {
             },
         )?;
         record.set_cgroups(cgroup.dirs());
+        let cgroup = Arc::new(cgroup);
+        let channel_err = |source| VmError::Channel {
+            id: id.clone(),
+            source,
+        };
         let console = pair(&id)?;
         let control = pair(&id)?;
         let stdin = pair(&id)?;
         let stdout = pair(&id)?;
         let stderr = pair(&id)?;
+        control
+            .ours
+            .set_write_timeout(Some(spec.deadlines.control_write))
+            .map_err(channel_err)?;
+        let ends = HostEnds {
+            console: console.ours,
+            control_reader: control.ours.try_clone().map_err(channel_err)?,
+            control_writer: control.ours,
+            stdio: VmStdio {
+                stdin: stdin.ours,
+                stdout: stdout.ours,
+                stderr: stderr.ours,
+            },
+        };
         let fds = ChannelFds {
             console: console.theirs.as_raw_fd(),
             control: control.theirs.as_raw_fd(),
@@ -193,7 +345,7 @@ impl Vm {
         };
         let procs = cgroup.procs_fds();
         let channel_fds = vec![fds.console, fds.control, fds.stdin, fds.stdout, fds.stderr];
-        let (mut child, qemu_pid, jail, qemu_stderr) = match &spec.jail {
+        let (child, qemu_pid, jail, qemu_stderr) = match &spec.jail {
             JailMode::Disabled { .. } => {
                 let args = qemu::command_line(spec, fds, tsc, None);
                 log::debug!("vm {id}: {} {}", spec.qemu.display(), args.join(" "));
@@ -240,6 +392,7 @@ impl Vm {
                     keep_fds: channel_fds,
                     cgroup_procs: procs,
                     kvm: spec.accel == crate::Accel::Kvm,
+                    start_deadline: spec.deadlines.jailer,
                 };
                 let j = jail::spawn(cfg, &req).map_err(jail_err)?;
                 (j.jailer, j.pid, Some(j.resources), j.stderr)
@@ -258,7 +411,61 @@ impl Vm {
             stdout.theirs,
             stderr.theirs,
         ));
-        let (console_tail, console_thread) = ConsoleTail::spawn(console.ours, spec.debug);
+        Self::assemble(
+            spec,
+            started,
+            child,
+            qemu_pid,
+            jail,
+            qemu_stderr,
+            ends,
+            cgroup,
+            record,
+        )
+    }
+
+    /// Everything after QEMU's spawn: nothing here may leave it running
+    /// (every error path drops a Vm, which kills and reaps).
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        spec: &VmSpec,
+        started: Instant,
+        mut child: Child,
+        qemu_pid: u32,
+        jail: Option<JailResources>,
+        qemu_stderr: Option<std::process::ChildStderr>,
+        ends: HostEnds,
+        cgroup: Arc<VmCgroup>,
+        record: RecordGuard,
+    ) -> Result<Vm, VmError> {
+        let id = spec.id.clone();
+        let qemu = match vmm_pidfd(&mut child, qemu_pid, jail.is_some()) {
+            Ok(fd) => fd,
+            Err(source) => {
+                // Not a Vm yet: kill and reap by hand.
+                let _ = child.kill();
+                let _ = cgroup.thaw();
+                let _ = child.wait();
+                cgroup.remove();
+                drop(jail);
+                return Err(VmError::Pidfd {
+                    id,
+                    pid: qemu_pid,
+                    source,
+                });
+            }
+        };
+        let kill = KillHandle {
+            inner: Arc::new(KillInner {
+                id: id.clone(),
+                qemu,
+                cgroup: Arc::clone(&cgroup),
+                killed: AtomicBool::new(false),
+            }),
+        };
+        let (console_tail, console_thread) = ConsoleTail::spawn(ends.console, spec.debug);
+        let (events_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
+        let reader = spawn_reader(ends.control_reader, events_tx);
         let qemu_stderr = qemu_stderr.map(read_to_tail);
         let _ = child.stderr.take();
         let mut vm = Vm {
@@ -269,21 +476,13 @@ impl Vm {
             reaped: None,
             sender: ControlSender {
                 id: id.clone().into(),
-                stream: Arc::new(Mutex::new(control.ours.try_clone().map_err(|source| {
-                    VmError::Channel {
-                        id: id.clone(),
-                        source,
-                    }
-                })?)),
+                stream: Arc::new(Mutex::new(ends.control_writer)),
             },
-            control: control.ours,
-            stdio: Some(VmStdio {
-                stdin: stdin.ours,
-                stdout: stdout.ours,
-                stderr: stderr.ours,
-            }),
+            events,
+            closed: false,
+            stdio: Some(ends.stdio),
             console: console_tail,
-            threads: vec![console_thread],
+            threads: vec![console_thread, reader],
             ready: Ready {
                 protocol_version: 0,
                 agent_version: String::new(),
@@ -291,10 +490,12 @@ impl Vm {
                 uptime_ns: 0,
             },
             boot_time: Duration::ZERO,
-            cgroup: Arc::new(cgroup),
+            deadlines: spec.deadlines,
+            kill,
+            cgroup,
             record,
         };
-        match vm.await_ready(spec.ready_timeout, started) {
+        match vm.await_ready(spec.deadlines.ready, started) {
             Ok(ready) => {
                 vm.ready = ready;
                 vm.boot_time = started.elapsed();
@@ -336,37 +537,23 @@ impl Vm {
         }
     }
 
+    /// Ready as one whole frame within the deadline: the clock runs from the
+    /// launch, however the guest paces its bytes.
     fn await_ready(&mut self, timeout: Duration, started: Instant) -> Result<Ready, VmError> {
-        let remaining = timeout
-            .saturating_sub(started.elapsed())
-            .max(Duration::from_millis(1));
-        let not_ready = || VmError::NotReady {
-            id: self.id.clone(),
-            timeout,
-            console: String::new(),
-        };
-        self.control
-            .set_read_timeout(Some(remaining))
-            .map_err(|source| VmError::Channel {
-                id: self.id.clone(),
-                source,
-            })?;
-        let msg = read_msg::<_, GuestMsg>(&mut self.control);
-        let _ = self.control.set_read_timeout(None);
-        match msg {
-            Ok(Some(GuestMsg::Ready(r))) => {
+        match self.next_event(Some(started + timeout)) {
+            Some(AgentEvent::Msg(GuestMsg::Ready(r))) => {
                 check_version(&r).map_err(|source| VmError::Protocol {
                     id: self.id.clone(),
                     source,
                 })?;
                 Ok(r)
             }
-            Ok(Some(other)) => Err(VmError::Unexpected {
+            Some(AgentEvent::Msg(other)) => Err(VmError::Unexpected {
                 id: self.id.clone(),
-                got: format!("{other:?}"),
+                got: describe_msg(&other),
                 want: "Ready",
             }),
-            Ok(None) => {
+            Some(AgentEvent::Closed) => {
                 let status = self.wait_reaped();
                 Err(VmError::ExitedEarly {
                     id: self.id.clone(),
@@ -375,19 +562,97 @@ impl Vm {
                     console: String::new(),
                 })
             }
-            Err(ProtocolError::Frame(FrameError::Io(e)))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Err(not_ready())
-            }
-            Err(source) => Err(VmError::Protocol {
+            Some(AgentEvent::Broken(message)) => Err(VmError::Broken {
                 id: self.id.clone(),
-                source,
+                message,
+            }),
+            None => Err(VmError::NotReady {
+                id: self.id.clone(),
+                timeout,
+                console: String::new(),
             }),
         }
+    }
+
+    /// The next event from the agent, or `None` once `deadline` passed.
+    /// After the channel ended every call answers [`AgentEvent::Closed`].
+    pub fn next_event(&mut self, deadline: Option<Instant>) -> Option<AgentEvent> {
+        if self.closed {
+            return Some(AgentEvent::Closed);
+        }
+        let got = match deadline {
+            None => self
+                .events
+                .recv()
+                .map_err(|_| RecvTimeoutError::Disconnected),
+            Some(d) => self
+                .events
+                .recv_timeout(d.saturating_duration_since(Instant::now())),
+        };
+        match got {
+            Ok(AgentEvent::Closed) | Err(RecvTimeoutError::Disconnected) => {
+                self.closed = true;
+                Some(AgentEvent::Closed)
+            }
+            Ok(e @ AgentEvent::Broken(_)) => {
+                self.closed = true;
+                Some(e)
+            }
+            Ok(e) => Some(e),
+            Err(RecvTimeoutError::Timeout) => None,
+        }
+    }
+
+    /// Waits (with the `reply` deadline) for the agent's answer to a
+    /// request: the first message `accept` takes. Anything else, a deadline
+    /// missed or the VM's end kills the VM and is an error naming `what`.
+    pub fn await_reply<T>(
+        &mut self,
+        what: &'static str,
+        mut accept: impl FnMut(GuestMsg) -> Result<T, GuestMsg>,
+    ) -> Result<T, VmError> {
+        let timeout = self.deadlines.reply;
+        let deadline = Instant::now() + timeout;
+        let err = match self.next_event(Some(deadline)) {
+            Some(AgentEvent::Msg(m)) => match accept(m) {
+                Ok(t) => return Ok(t),
+                Err(other) => VmError::Unexpected {
+                    id: self.id.clone(),
+                    got: describe_msg(&other),
+                    want: what,
+                },
+            },
+            Some(AgentEvent::Closed) => {
+                self.finish(Duration::ZERO);
+                return Err(VmError::Gone {
+                    id: self.id.clone(),
+                    what,
+                    console: self.console_tail(CONSOLE_TAIL_LINES),
+                });
+            }
+            Some(AgentEvent::Broken(message)) => VmError::Broken {
+                id: self.id.clone(),
+                message,
+            },
+            None => VmError::Deadline {
+                id: self.id.clone(),
+                what,
+                timeout,
+                console: String::new(),
+            },
+        };
+        self.kill();
+        Err(match err {
+            VmError::Deadline {
+                id, what, timeout, ..
+            } => VmError::Deadline {
+                id,
+                what,
+                timeout,
+                console: self.console_tail(CONSOLE_TAIL_LINES),
+            },
+            other => other,
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -397,6 +662,11 @@ impl Vm {
     /// The QEMU process id.
     pub fn pid(&self) -> u32 {
         self.qemu_pid
+    }
+
+    /// The deadlines this VM runs under.
+    pub fn deadlines(&self) -> &Deadlines {
+        &self.deadlines
     }
 
     /// Whether QEMU runs in a jail.
@@ -435,12 +705,9 @@ impl Vm {
         self.sender.clone()
     }
 
-    /// The next message from the agent; `Ok(None)` when the VM is gone.
-    pub fn recv(&mut self) -> Result<Option<GuestMsg>, VmError> {
-        read_msg(&mut self.control).map_err(|source| VmError::Protocol {
-            id: self.id.clone(),
-            source,
-        })
+    /// Kills the VM from any thread.
+    pub fn kill_handle(&self) -> KillHandle {
+        self.kill.clone()
     }
 
     pub fn console_tail(&self, lines: usize) -> String {
@@ -451,20 +718,24 @@ impl Vm {
     /// when its process is done), then kills it. Returns QEMU's status.
     pub fn finish(&mut self, grace: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
+        loop {
             match self.child.try_wait() {
                 Ok(Some(s)) => {
                     self.reaped = Some(s);
                     return Some(s);
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                Err(_) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => break,
             }
         }
-        log::warn!(
-            "vm {}: did not power off within {grace:?}; killing it",
-            self.id
-        );
+        if !grace.is_zero() {
+            log::warn!(
+                "vm {}: did not power off within {grace:?}; killing it",
+                self.id
+            );
+        }
         self.kill();
         self.reaped
     }
@@ -498,15 +769,13 @@ impl Vm {
         self.cgroup.dirs()
     }
 
-    /// SIGKILLs QEMU and reaps it. Idempotent.
+    /// Kills QEMU and reaps it (and its jailer). Idempotent.
     pub fn kill(&mut self) {
         if self.reaped.is_some() {
             return;
         }
         if self.jail.is_none() {
-            let _ = self.child.kill();
-            // A frozen (paused) VMM does not die until it is thawed.
-            let _ = self.cgroup.thaw();
+            self.kill.kill();
             self.wait_reaped();
             return;
         }
@@ -530,10 +799,7 @@ impl Vm {
             "vm {}: the jailer did not end; killing it and QEMU",
             self.id
         );
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.qemu_pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        self.kill.kill();
         let _ = self.child.kill();
         self.wait_reaped();
     }
@@ -555,6 +821,57 @@ impl Drop for Vm {
         self.cgroup.remove();
         drop(self.jail.take());
         self.record.release();
+    }
+}
+
+/// A pidfd of the VMM. Unjailed, QEMU is our own unreaped child, so its pid
+/// is still its own. Jailed, QEMU is the jailer's child: the pidfd is taken,
+/// then QEMU's parent is checked to be our (unreaped) jailer — a pid reused
+/// by another process would have another parent.
+fn vmm_pidfd(child: &mut Child, qemu_pid: u32, jailed: bool) -> io::Result<OwnedFd> {
+    let fd = crate::sys::pidfd_open(qemu_pid)?;
+    if jailed {
+        let stat = std::fs::read_to_string(format!("/proc/{qemu_pid}/stat"))?;
+        // The command name may hold spaces and parentheses: fields start
+        // after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid != Some(child.id()) {
+            return Err(io::Error::other(format!(
+                "pid {qemu_pid} is not the jailer's child"
+            )));
+        }
+    }
+    Ok(fd)
+}
+
+/// Reads the agent's frames into `events` until the channel ends or breaks.
+fn spawn_reader(mut control: UnixStream, events: mpsc::SyncSender<AgentEvent>) -> JoinHandle<()> {
+    std::thread::spawn(move || loop {
+        let event = match read_msg::<_, GuestMsg>(&mut control) {
+            Ok(Some(m)) => AgentEvent::Msg(m),
+            Ok(None) | Err(ProtocolError::Frame(FrameError::Io(_))) => AgentEvent::Closed,
+            Err(e) => AgentEvent::Broken(crate::describe_error(&e)),
+        };
+        let last = !matches!(event, AgentEvent::Msg(_));
+        if events.send(event).is_err() || last {
+            return;
+        }
+    })
+}
+
+/// A guest message as a log or error shows it: its kind, never its
+/// (guest-chosen) text in full.
+pub fn describe_msg(m: &GuestMsg) -> String {
+    match m {
+        GuestMsg::Ready(_) => "Ready".into(),
+        GuestMsg::Prepared { .. } => "Prepared".into(),
+        GuestMsg::Updated { .. } => "Updated".into(),
+        GuestMsg::Started { pid } => format!("Started (pid {pid})"),
+        GuestMsg::StartFailed { reason, .. } => format!("StartFailed ({reason:?})"),
+        GuestMsg::Exit(e) => format!("Exit (status {})", e.status),
     }
 }
 
@@ -583,6 +900,24 @@ impl CgroupHandle {
 
     pub fn stats(&self) -> Result<cgroup::Stats, VmError> {
         self.cgroup.stats().map_err(|source| VmError::Cgroup {
+            id: self.id.clone(),
+            source,
+        })
+    }
+
+    /// Sets the VMM's CPU cap to `quota` µs per `period` µs (None: no cap).
+    pub fn set_cpu_quota(&self, quota: Option<(u64, u64)>) -> Result<(), VmError> {
+        self.map(self.cgroup.set_cpu_quota(quota))
+    }
+
+    /// Sets the VMM's CPU weight (as cgroup v1 shares).
+    pub fn set_cpu_shares(&self, shares: u64) -> Result<(), VmError> {
+        self.map(self.cgroup.set_cpu_shares(shares))
+    }
+
+    /// The VMM's CPU cap as (quota µs, period µs).
+    pub fn cpu_quota(&self) -> Result<Option<(u64, u64)>, VmError> {
+        self.cgroup.cpu_quota().map_err(|source| VmError::Cgroup {
             id: self.id.clone(),
             source,
         })

@@ -181,7 +181,7 @@ fn a_guest_that_never_gets_ready_is_killed_at_the_deadline() {
     );
     let id = format!("stall-{}", std::process::id());
     let mut s = spec(&id, &img.kernel, &initrd);
-    s.ready_timeout = Duration::from_secs(45);
+    s.deadlines.ready = Duration::from_secs(45);
     let err = match Vm::launch(&s) {
         Err(e) => e,
         Ok(_) => panic!("a stalling guest became ready"),

@@ -608,7 +608,7 @@ mod jail_released_on_every_end {
     /// The guest runs a process and powers off: QEMU exits 0 by itself.
     #[test]
     fn guest_exit() {
-        use mu2_protocol::{GuestMsg, HostMsg, Process, Root, Run};
+        use mu2_protocol::{Process, Root, Run};
         let Some(img) = image() else { return };
         let _permit = vm_permit();
         let cfg = jail_config();
@@ -643,17 +643,7 @@ mod jail_released_on_every_end {
             memory_limit_bytes: None,
             pids_limit: None,
         };
-        vm.sender().send(&HostMsg::Run(Box::new(run))).unwrap();
-        vm.sender()
-            .send(&HostMsg::StdinClose { total_bytes: 0 })
-            .unwrap();
-        let exit = loop {
-            match vm.recv().unwrap() {
-                Some(GuestMsg::Exit(e)) => break e,
-                Some(GuestMsg::Started { .. }) => continue,
-                other => panic!("unexpected {other:?}; console:\n{}", vm.console_tail(20)),
-            }
-        };
+        let exit = common::run_to_exit(&mut vm, run);
         assert_eq!(exit.status, 0, "{exit:?}");
         // Powered off: QEMU, then the jailer, end with status 0.
         let status = vm.finish(Duration::from_secs(60)).expect("reaped");
@@ -862,6 +852,11 @@ struct Probe {
 /// Runs `jail-probe <args>` in a jail of its own under QEMU's seccomp
 /// policy; checks the jail is released after.
 fn run_probe(args: &[&str]) -> Probe {
+    run_probe_with(args, vec![])
+}
+
+/// [`run_probe`] with shares: (host dir, jail path, read-only).
+fn run_probe_with(args: &[&str], shares: Vec<(PathBuf, PathBuf, bool)>) -> Probe {
     let cfg = jail_config();
     let id = unique_id(&format!("probe-{}", args[0]));
     let req = JailRequest {
@@ -870,10 +865,11 @@ fn run_probe(args: &[&str]) -> Probe {
         args: args.iter().map(|a| a.to_string()).collect(),
         inputs: vec![],
         system_files: vec![],
-        shares: vec![],
+        shares,
         keep_fds: vec![],
         cgroup_procs: vec![],
         kvm: false,
+        start_deadline: Duration::from_secs(10),
     };
     let mut j = jail::spawn(&cfg, &req).expect("jailed probe");
     let first = j.resources.first_id;
@@ -1064,6 +1060,87 @@ mod probe_under_the_jail_is_stopped {
             assert_eq!((r, e), (-1, libc::ENOENT), "{call}");
         }
     }
+}
+
+/// On a writable share (id-mapped: what the jailed VMM creates belongs to
+/// host root), the VMM itself cannot make anything privileged: setuid and
+/// setgid modes fail with EPERM (the policy's qemu_eperm filter), a file
+/// capability with EPERM (no CAP_SETFCAP), a trusted.* xattr with EPERM
+/// (no CAP_SYS_ADMIN); a plain chmod and a user.* xattr work.
+#[test]
+fn the_vmm_cannot_make_privileged_files_on_a_writable_share() {
+    if !is_root() {
+        return;
+    }
+    let host = tempfile::tempdir().unwrap();
+    let p = run_probe_with(
+        &["share-modes", "/shares/w"],
+        vec![(host.path().to_path_buf(), "/shares/w".into(), false)],
+    );
+    assert!(p.status.success(), "{}: {:?}", p.status, p.stderr);
+    let got: Vec<(String, i64, i32)> = probe_lines(&p.stderr);
+    let calls: Vec<&str> = got.iter().map(|(c, _, _)| c.as_str()).collect();
+    assert_eq!(
+        calls,
+        [
+            "create f 0644",
+            "chmod f 04755",
+            "chmod f 02755",
+            "chmod f 0755",
+            "create s 04755",
+            "mknod p 04644",
+            "setxattr security.capability",
+            "setxattr trusted.mu2",
+            "setxattr user.mu2"
+        ]
+    );
+    let result = |call: &str| {
+        got.iter()
+            .find(|(c, _, _)| c == call)
+            .map(|&(_, r, e)| (r, e))
+            .unwrap()
+    };
+    assert!(result("create f 0644").0 >= 0, "{:?}", p.stderr);
+    for refused in [
+        "chmod f 04755",
+        "chmod f 02755",
+        "create s 04755",
+        "mknod p 04644",
+        "setxattr security.capability",
+        "setxattr trusted.mu2",
+    ] {
+        assert_eq!(result(refused), (-1, libc::EPERM), "{refused}");
+    }
+    assert_eq!(result("chmod f 0755"), (0, 0));
+    assert_eq!(result("setxattr user.mu2"), (0, 0));
+
+    // On the host: root's file, mode 0755, only the user xattr.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let f = host.path().join("f");
+    let meta = std::fs::symlink_metadata(&f).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0), "the share's id map");
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+    assert!(!host.path().join("s").exists() && !host.path().join("p").exists());
+    let xattr = |name: &str| {
+        let (path, name) = (
+            std::ffi::CString::new(f.to_str().unwrap()).unwrap(),
+            std::ffi::CString::new(name).unwrap(),
+        );
+        let mut buf = [0u8; 64];
+        // SAFETY: NUL-terminated strings and a live buffer of that length.
+        let n = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        (n >= 0).then(|| buf[..n as usize].to_vec())
+    };
+    assert_eq!(xattr("security.capability"), None);
+    assert_eq!(xattr("trusted.mu2"), None);
+    assert_eq!(xattr("user.mu2").as_deref(), Some(&b"v"[..]));
 }
 
 // --- e. failing closed -----------------------------------------------------------

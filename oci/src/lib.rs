@@ -13,6 +13,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod seccomp;
+mod update;
+pub use update::{update, ResourceChange};
+
 use std::path::{Path, PathBuf};
 
 use mu2_protocol::{ConsoleSize, Mount, MountSource, Process, Rlimit, Root, Run, User};
@@ -21,8 +25,7 @@ use oci_spec::runtime::Spec;
 use mu2_microvm::accel::Accel;
 use mu2_microvm::guest::GuestImage;
 use mu2_microvm::spec::{
-    Share, VmSpec, DEFAULT_MEMORY_MIB, DEFAULT_READY_TIMEOUT, DEFAULT_TB_SIZE_MIB, MAX_MEMORY_MIB,
-    MAX_VCPUS,
+    Share, VmSpec, DEFAULT_MEMORY_MIB, DEFAULT_TB_SIZE_MIB, MAX_MEMORY_MIB, MAX_VCPUS,
 };
 
 /// The share tag of the image's rootfs.
@@ -59,6 +62,8 @@ pub enum BundleError {
     Memory(i64),
     #[error("invalid linux.resources.cpu: {0}")]
     Cpu(String),
+    #[error("cannot update the resources: {0}")]
+    Update(String),
 }
 
 /// What one VM needs to run a bundle's process.
@@ -74,6 +79,9 @@ impl Plan {
     /// The spec of VM `id`, owned by `owner`, that runs this plan on
     /// `image`, with the default deadline and translation cache, and a
     /// quiet console.
+    // Each argument is one independent fact of the host or the caller
+    // (what the image is, which QEMU, accelerator, jail, deadlines, owner).
+    #[allow(clippy::too_many_arguments)]
     pub fn vm_spec(
         &self,
         id: String,
@@ -81,6 +89,7 @@ impl Plan {
         qemu: PathBuf,
         accel: Accel,
         jail: mu2_microvm::jail::JailMode,
+        deadlines: mu2_microvm::Deadlines,
         owner: mu2_microvm::record::Owner,
     ) -> VmSpec {
         VmSpec {
@@ -92,7 +101,7 @@ impl Plan {
             vcpus: self.vcpus,
             accel,
             shares: self.shares.clone(),
-            ready_timeout: DEFAULT_READY_TIMEOUT,
+            deadlines,
             tb_size_mib: DEFAULT_TB_SIZE_MIB,
             debug: false,
             jail,

@@ -24,7 +24,18 @@ pub use messages::*;
 
 /// The protocol version this build speaks. The host refuses an agent that
 /// announces another one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Lines the guest's init prints on the serial console for the host to act
+/// on (the console is not a protocol channel: these are the only lines the
+/// host reads for meaning, and a guest that fakes one can only make the
+/// host do what the line asks for a broken guest).
+pub mod console {
+    /// The guest kernel has no timer interrupts (it disabled its APIC timer
+    /// after a calibration disturbed by host load); the VM powers off and
+    /// the host boots another.
+    pub const NO_TIMER: &str = "mu2-init: no local timer interrupts";
+}
 
 /// Names of the virtio-serial ports, as the guest sees them in
 /// `/sys/class/virtio-ports/*/name`.

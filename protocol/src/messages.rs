@@ -92,12 +92,38 @@ pub struct Run {
     pub pids_limit: Option<u64>,
 }
 
+/// One resource limit of an [`Update`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Unlimited,
+    Amount(u64),
+}
+
+/// New limits for the container's cgroup; `None` leaves one as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Update {
+    pub memory_bytes: Option<Limit>,
+    pub pids: Option<Limit>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostMsg {
+    /// Set the process up (answered by Prepared or StartFailed).
     Run(Box<Run>),
-    Signal { signal: i32, all: bool },
+    /// Start the prepared process (answered by Started or StartFailed).
+    Start,
+    Signal {
+        signal: i32,
+        all: bool,
+    },
     Resize(ConsoleSize),
-    StdinClose { total_bytes: u64 },
+    StdinClose {
+        total_bytes: u64,
+    },
+    /// Every byte that Exit counted has arrived: the VM may end.
+    ExitAck,
+    /// Change limits (answered by Updated).
+    Update(Update),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,9 +144,22 @@ pub struct Exit {
     pub stderr_bytes: u64,
 }
 
+/// Longest path a Prepared message may carry.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Longest message text a guest may send (StartFailed, Updated).
+pub const MAX_MESSAGE_LEN: usize = 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestMsg {
     Ready(Ready),
+    /// The process is set up; args[0] resolved to `path`.
+    Prepared {
+        path: String,
+    },
+    /// The outcome of an Update: `None` when applied.
+    Updated {
+        error: Option<String>,
+    },
     Started {
         pid: u32,
     },
@@ -202,6 +241,26 @@ fn signal(field: &'static str, n: u32) -> Result<i32, ProtocolError> {
     match i32::try_from(n) {
         Ok(s) if (1..=MAX_SIGNAL).contains(&s) => Ok(s),
         _ => Err(invalid(field, format!("{n} is not a signal number"))),
+    }
+}
+
+fn limit(field: &'static str, l: &pb::Limit) -> Result<Limit, ProtocolError> {
+    use pb::limit::Value;
+    match l.value {
+        Some(Value::Unlimited(true)) => Ok(Limit::Unlimited),
+        Some(Value::Amount(n)) => Ok(Limit::Amount(n)),
+        _ => Err(invalid(field, "neither unlimited nor an amount")),
+    }
+}
+
+fn pb_limit(l: Limit) -> pb::Limit {
+    use pb::limit::Value;
+    pb::Limit {
+        value: Some(match l {
+            Limit::Unlimited => Value::Unlimited(true),
+            Limit::Amount(n) => Value::Amount(n),
+        }),
+        ..Default::default()
     }
 }
 
@@ -433,6 +492,13 @@ impl Wire for HostMsg {
                 total_bytes: *total_bytes,
                 ..Default::default()
             }),
+            HostMsg::Start => Kind::Start(pb::Start::default()),
+            HostMsg::ExitAck => Kind::ExitAck(pb::ExitAck::default()),
+            HostMsg::Update(u) => Kind::Update(pb::Update {
+                memory_bytes: u.memory_bytes.map(pb_limit).into(),
+                pids: u.pids.map(pb_limit).into(),
+                ..Default::default()
+            }),
         };
         let m = pb::HostMessage {
             kind: Some(kind),
@@ -460,6 +526,20 @@ impl Wire for HostMsg {
             Some(Kind::StdinClose(c)) => Ok(HostMsg::StdinClose {
                 total_bytes: c.total_bytes,
             }),
+            Some(Kind::Start(_)) => Ok(HostMsg::Start),
+            Some(Kind::ExitAck(_)) => Ok(HostMsg::ExitAck),
+            Some(Kind::Update(u)) => Ok(HostMsg::Update(Update {
+                memory_bytes: u
+                    .memory_bytes
+                    .as_ref()
+                    .map(|l| limit("update.memory_bytes", l))
+                    .transpose()?,
+                pids: u
+                    .pids
+                    .as_ref()
+                    .map(|l| limit("update.pids", l))
+                    .transpose()?,
+            })),
             None => Err(invalid("host_message.kind", "not set")),
         }
     }
@@ -476,6 +556,14 @@ impl Wire for GuestMsg {
                 agent_version: r.agent_version.clone(),
                 kernel_release: r.kernel_release.clone(),
                 uptime_ns: r.uptime_ns,
+                ..Default::default()
+            }),
+            GuestMsg::Prepared { path } => Kind::Prepared(pb::Prepared {
+                path: path.clone(),
+                ..Default::default()
+            }),
+            GuestMsg::Updated { error } => Kind::Updated(pb::Updated {
+                error: error.clone().unwrap_or_default(),
                 ..Default::default()
             }),
             GuestMsg::Started { pid } => Kind::Started(pb::Started {
@@ -527,6 +615,22 @@ impl Wire for GuestMsg {
                     uptime_ns: r.uptime_ns,
                 }))
             }
+            Some(Kind::Prepared(p)) => {
+                if p.path.len() > MAX_PATH_LEN {
+                    return Err(invalid(
+                        "prepared.path",
+                        format!("longer than {MAX_PATH_LEN} bytes"),
+                    ));
+                }
+                Ok(GuestMsg::Prepared { path: p.path })
+            }
+            Some(Kind::Updated(u)) => {
+                let mut error = u.error;
+                error.truncate(error.floor_char_boundary_compat(MAX_MESSAGE_LEN));
+                Ok(GuestMsg::Updated {
+                    error: (!error.is_empty()).then_some(error),
+                })
+            }
             Some(Kind::Started(s)) => Ok(GuestMsg::Started { pid: s.pid }),
             Some(Kind::StartFailed(f)) => {
                 use pb::start_failed::Reason;
@@ -539,7 +643,7 @@ impl Wire for GuestMsg {
                 };
                 let mut message = f.message;
                 // The message is shown to users: keep it one bounded line.
-                message.truncate(message.floor_char_boundary_compat(1024));
+                message.truncate(message.floor_char_boundary_compat(MAX_MESSAGE_LEN));
                 Ok(GuestMsg::StartFailed { reason, message })
             }
             Some(Kind::Exit(e)) => {
@@ -659,6 +763,39 @@ mod tests {
         round_trip(HostMsg::StdinClose {
             total_bytes: 1 << 40,
         });
+        round_trip(HostMsg::Start);
+        round_trip(HostMsg::ExitAck);
+        round_trip(HostMsg::Update(Update {
+            memory_bytes: Some(Limit::Amount(64 << 20)),
+            pids: Some(Limit::Unlimited),
+        }));
+        round_trip(HostMsg::Update(Update::default()));
+    }
+
+    #[test]
+    fn prepared_and_updated_are_bounded() {
+        round_trip(GuestMsg::Prepared {
+            path: "/bin/sh".into(),
+        });
+        round_trip(GuestMsg::Updated { error: None });
+        round_trip(GuestMsg::Updated {
+            error: Some("memory.max: busy".into()),
+        });
+        let long = GuestMsg::Prepared {
+            path: "/".repeat(MAX_PATH_LEN + 1),
+        };
+        let mut wire = Vec::new();
+        write_msg(&mut wire, &long).unwrap();
+        assert!(read_msg::<_, GuestMsg>(&mut &wire[..]).is_err());
+        let chatty = GuestMsg::Updated {
+            error: Some("é".repeat(MAX_MESSAGE_LEN)),
+        };
+        let mut wire = Vec::new();
+        write_msg(&mut wire, &chatty).unwrap();
+        match read_msg::<_, GuestMsg>(&mut &wire[..]).unwrap().unwrap() {
+            GuestMsg::Updated { error: Some(e) } => assert!(e.len() <= MAX_MESSAGE_LEN),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1,10 +1,18 @@
 //! Events to containerd, published in the order they are queued.
 //!
 //! Every event goes through one queue served by one thread: a fast process
-//! cannot have its TaskExit overtake its TaskStart, and a slow containerd
-//! never blocks a VM owner.
+//! cannot have its TaskExit overtake its TaskStart. The queue is bounded: a
+//! containerd that stops taking events holds back the VM owners that
+//! publish (back-pressure) instead of growing the shim's memory.
+//!
+//! containerd-shim 0.11's publisher connects once; after a containerd
+//! restart every publish fails. So a failed publish reconnects to
+//! containerd's ttrpc address (`TTRPC_ADDRESS`) and tries again, backing
+//! off 1 s, 2 s, … for at most [`PUBLISH_ATTEMPTS`] attempts, as
+//! containerd's own Go shims do; the queue waits meanwhile, which keeps the
+//! order. An event that still cannot go is dropped with an error line.
 
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim::protos::events::task::{
@@ -19,6 +27,10 @@ use containerd_shim::Context;
 
 /// How long Shutdown waits for queued events to reach containerd.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+/// Events queued before publishers wait.
+const QUEUE: usize = 1024;
+/// Tries of one event, reconnecting between them.
+pub const PUBLISH_ATTEMPTS: u32 = 5;
 
 pub enum Event {
     Create {
@@ -77,7 +89,7 @@ enum Msg {
 /// Queues events for the publisher thread; cheap to clone.
 #[derive(Clone)]
 pub struct Events {
-    tx: Sender<Msg>,
+    tx: SyncSender<Msg>,
     namespace: std::sync::Arc<str>,
 }
 
@@ -94,7 +106,7 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
 impl Events {
     /// Starts the publisher thread.
     pub fn spawn(publisher: RemotePublisher, namespace: String) -> Events {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
         let ns = namespace.as_str().into();
         std::thread::spawn(move || serve(publisher, namespace, rx));
         Events { tx, namespace: ns }
@@ -102,7 +114,7 @@ impl Events {
 
     /// Events that go nowhere (the `delete` action, unit tests).
     pub fn discard() -> Events {
-        let (tx, rx) = mpsc::channel::<Msg>();
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
         std::thread::spawn(move || {
             for m in rx {
                 if let Msg::Flush(done) = m {
@@ -135,6 +147,8 @@ impl Events {
 }
 
 fn serve(publisher: RemotePublisher, namespace: String, rx: Receiver<Msg>) {
+    let mut publisher = publisher;
+    let address = std::env::var("TTRPC_ADDRESS").ok();
     for m in rx {
         let e = match m {
             Msg::Flush(done) => {
@@ -253,8 +267,21 @@ fn serve(publisher: RemotePublisher, namespace: String, rx: Receiver<Msg>) {
                 }),
             ),
         };
-        if let Err(e) = publisher.publish(Context::default(), topic, &namespace, msg) {
-            log::error!("cannot publish {topic}: {e}");
+        let mut attempt = 1;
+        while let Err(e) = publisher.publish(Context::default(), topic, &namespace, msg.clone_box())
+        {
+            if attempt == PUBLISH_ATTEMPTS {
+                log::error!("cannot publish {topic} after {attempt} attempts: {e}; dropped");
+                break;
+            }
+            log::warn!("cannot publish {topic} ({e}); reconnecting to containerd");
+            std::thread::sleep(Duration::from_secs(u64::from(attempt)));
+            attempt += 1;
+            match address.as_deref().map(RemotePublisher::new) {
+                Some(Ok(p)) => publisher = p,
+                Some(Err(e)) => log::warn!("cannot reconnect to containerd: {e}"),
+                None => log::warn!("no TTRPC_ADDRESS to reconnect to"),
+            }
         }
     }
 }

@@ -1,9 +1,14 @@
 //! containerd's stdio FIFOs and the relays between them and a VM's stdio
 //! ports.
 //!
-//! Output FIFOs are opened in Create without ever blocking: write-only when
-//! containerd already reads them (it opens its ends before Create), else
-//! read-write so that the open cannot wait for a reader that may never come.
+//! Output FIFOs are opened in Create without ever blocking, as runc's shim
+//! does: a read end first, which the shim holds (and never reads) for the
+//! process's life, then the write end the relay uses. The held read end means
+//! the FIFO always has a reader: when containerd goes away (a restart, a
+//! detached client) writes wait for the next reader instead of failing, so
+//! no output is thrown away, and a restarted containerd simply reopens the
+//! FIFO and reads on. The relay's write end is the only writer: when it
+//! closes, containerd's reader sees the end of the stream.
 //! The stdin FIFO is opened by its relay thread, blocking, as runc's shim
 //! does: the open returns when containerd's writer is there, so an EOF read
 //! afterwards is a real end of input. `CloseIO` ends stdin even while
@@ -31,7 +36,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mu2_microvm::vm::ControlSender;
@@ -137,6 +141,8 @@ pub struct Outputs {
     pub stdout: Option<File>,
     pub stderr: Option<File>,
     pub logger: Option<LogBinary>,
+    /// Read ends held open on the output FIFOs for the process's life.
+    pub held: Vec<File>,
 }
 
 /// Opens a process's outputs; a `binary://` stdout takes both streams.
@@ -152,21 +158,36 @@ pub fn open_outputs(
             stdout: Some(out),
             stderr: Some(err),
             logger: Some(logger),
+            held: Vec::new(),
         });
     }
+    let mut held = Vec::new();
+    let mut open = |path: &str| -> Result<Option<File>, ShimError> {
+        Ok(match open_output(path)? {
+            Some((w, r)) => {
+                held.extend(r);
+                Some(w)
+            }
+            None => None,
+        })
+    };
+    let stdout = open(stdout)?;
+    let stderr = open(stderr)?;
     Ok(Outputs {
-        stdout: open_output(stdout)?,
-        stderr: open_output(stderr)?,
+        stdout,
+        stderr,
         logger: None,
+        held,
     })
 }
 
-/// Opens a process's output: a FIFO without blocking, a log file for
-/// appending; `None` for null IO.
-pub fn open_output(path: &str) -> Result<Option<File>, ShimError> {
+/// Opens a process's output: a FIFO without blocking (with the read end
+/// the shim holds: see the module docs), a log file for appending; `None`
+/// for null IO. Returns (the write end, the held read end).
+pub fn open_output(path: &str) -> Result<Option<(File, Option<File>)>, ShimError> {
     let p = match parse_output(path)? {
         Output::None => return Ok(None),
-        Output::File(p) => return open_log_file(&p).map(Some),
+        Output::File(p) => return open_log_file(&p).map(|f| Some((f, None))),
         Output::Fifo(p) => p,
         Output::Binary { .. } => {
             return Err(ShimError::InvalidArgument(format!(
@@ -175,23 +196,20 @@ pub fn open_output(path: &str) -> Result<Option<File>, ShimError> {
         }
     };
     let p = p.as_path();
-    let file = match OpenOptions::new()
+    // A non-blocking read open never waits for a writer; with it in place
+    // the write open finds a reader at once.
+    let held = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(io_err(p))?;
+    let file = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(p)
-    {
-        Ok(f) => f,
-        // ENXIO: no reader yet.
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(p)
-            .map_err(io_err(p))?,
-        Err(e) => return Err(io_err(p)(e)),
-    };
+        .map_err(io_err(p))?;
     set_blocking(&file).map_err(io_err(p))?;
-    Ok(Some(file))
+    Ok(Some((file, Some(held))))
 }
 
 /// How long a logger has to say it is ready.
@@ -307,34 +325,6 @@ fn set_blocking(f: &File) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
     fcntl(f.as_raw_fd(), FcntlArg::F_SETFL(flags))?;
     Ok(())
-}
-
-/// Copies a VM output stream to its FIFO until the VM closes the stream;
-/// returns the bytes received. A FIFO whose reader went away (or none) still
-/// has the stream drained, so that the guest never blocks for good.
-pub fn spawn_output_relay(mut from: UnixStream, mut to: Option<File>) -> JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let mut total: u64 = 0;
-        let mut buf = vec![0u8; RELAY_BUF];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    total += n as u64;
-                    if let Some(f) = to.as_mut() {
-                        if f.write_all(&buf[..n]).is_err() {
-                            to = None;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        // Dropping the FIFO here is what tells containerd the output ended.
-        drop(to);
-        total
-    })
 }
 
 /// Tells a stdin relay to finish: drain what is buffered, then close.
@@ -464,7 +454,7 @@ mod tests {
         let p = dir.path().join("sub/log");
         let uri = format!("file://{}", p.display());
         for line in ["one\n", "two\n"] {
-            let mut f = open_output(&uri).unwrap().unwrap();
+            let (mut f, _) = open_output(&uri).unwrap().unwrap();
             f.write_all(line.as_bytes()).unwrap();
         }
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "one\ntwo\n");

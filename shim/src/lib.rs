@@ -14,6 +14,7 @@ pub mod io;
 pub mod mount;
 pub mod process;
 pub mod shim;
+pub mod start;
 mod sys;
 pub mod task;
 

@@ -1,54 +1,70 @@
 //! One containerd process — a task's init or an exec — and the VM that runs
-//! it, owned by one thread.
+//! it.
+//!
+//! The lifecycle is [`Status`]: Created → Starting → Running → Exited →
+//! Deleted, with Paused as a flag on Running. Every transition happens in
+//! [`Process::transition`], under the process's one lock, and every request
+//! is answered in every state — by acting or by a typed refusal
+//! (FailedPrecondition, NotFound); nothing is ever queued where nobody
+//! reads.
 //!
 //! QEMU gets `PR_SET_PDEATHSIG(SIGKILL)` from the thread that spawns it, and
 //! ttrpc handler threads come and go: so each VM is launched by an *owner*
-//! thread that lives exactly as long as its VM. The owner boots the VM
-//! (Create/Exec wait for that), takes Start or Kill from a channel, then
-//! reads the agent until the process exits, reaps QEMU, and publishes the
-//! one exit of the process (after a TaskOOM when the guest's OOM killer
-//! ended it). Signals, resizes and the end of stdin go to the
-//! agent straight from the handlers through the VM's control sender.
+//! thread that lives exactly as long as its VM. The owner boots the VM,
+//! sends the process's `Run` (the agent sets the container up and resolves
+//! args[0] — Create and Exec wait for that), then reads the agent's messages
+//! until the VM is gone, with a deadline on every answer it waits for. The
+//! ttrpc handlers never wait on the owner: Start sends `Start` itself and
+//! waits for the state to change; Kill goes to the agent as a signal, or
+//! ends the VM through its [`KillHandle`] (a pidfd: the jailer reaps QEMU,
+//! so a bare pid could name another process); Pause freezes the VMM's
+//! cgroup.
 //!
-//! The lifecycle is [`Status`]: Created → Running → Exited → Deleted; an
-//! illegal step is a FailedPrecondition.
+//! After `Exit`, the owner waits until every output byte the agent counted
+//! reached containerd's FIFOs (however slowly they are read), then lets the
+//! guest power off (`ExitAck`), reaps QEMU and publishes the one exit of the
+//! process (after a TaskOOM when the guest's OOM killer ended it).
 
-use std::fs::File;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use mu2_microvm::cgroup;
-use mu2_microvm::vm::{CgroupHandle, ControlSender};
-use mu2_microvm::{Vm, VmSpec};
-use mu2_protocol::{GuestMsg, HostMsg, Run, StartFailReason};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use mu2_microvm::relay::{Drain, DrainWatch, OutputRelay};
+use mu2_microvm::vm::{describe_msg, CgroupHandle, ControlSender};
+use mu2_microvm::{AgentEvent, KillHandle, Vm, VmSpec};
+use mu2_protocol::{Exit, GuestMsg, HostMsg, Run, StartFailReason};
 
 use crate::error::ShimError;
 use crate::events::{Event, Events};
-use crate::io::{spawn_output_relay, spawn_stdin_relay, StdinCloser};
+use crate::io::{spawn_stdin_relay, Outputs, StdinCloser};
 
-/// How long a guest may take to power off after its process exited.
-const POWEROFF_GRACE: Duration = Duration::from_secs(10);
 /// How long an agent has to end its process after SIGKILL before the VM is
 /// killed under it.
 const SIGKILL_GRACE: Duration = Duration::from_secs(5);
 /// How long the exit waits for the output relays to hand their last bytes
-/// to containerd's FIFOs.
+/// to containerd's FIFOs once QEMU is gone.
 const RELAY_DRAIN: Duration = Duration::from_secs(5);
+/// How often the owner looks at its deadlines while nothing arrives.
+const TICK: Duration = Duration::from_millis(50);
+/// How long a handler waits for the owner beyond the agent's own deadline.
+const HANDLER_MARGIN: Duration = Duration::from_secs(5);
 /// Exit status of a process whose VM died without reporting one (as if
 /// SIGKILLed).
 pub const STATUS_VM_GONE: u32 = 128 + libc::SIGKILL as u32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Status {
+    /// Set up in its VM, waiting for Start.
+    #[default]
     Created,
+    /// Start was sent; the agent has not answered yet.
+    Starting,
     Running,
-    Exited { code: u32, at: SystemTime },
+    Exited {
+        code: u32,
+        at: SystemTime,
+    },
     Deleted,
 }
 
@@ -56,6 +72,7 @@ impl Status {
     pub fn name(&self) -> &'static str {
         match self {
             Status::Created => "created",
+            Status::Starting => "starting",
             Status::Running => "running",
             Status::Exited { .. } => "stopped",
             Status::Deleted => "deleted",
@@ -72,15 +89,26 @@ pub struct StdioPaths {
     pub terminal: bool,
 }
 
+#[derive(Default)]
 struct State {
     status: Status,
-    /// QEMU is not yet being reaped: its pid is still ours to signal.
-    vm_alive: bool,
-}
-
-enum Cmd {
-    Start(Sender<Result<u32, ShimError>>),
-    Kill(i32),
+    paused: bool,
+    /// Start's outcome, for the handler waiting in [`Process::start`].
+    started: Option<Result<u32, ShimError>>,
+    /// The signal that ended a process before it ran (its status is
+    /// 128+signal, as for a created runc container).
+    killed_by: Option<i32>,
+    /// A never-started exec being deleted: it ends with status 0 and no
+    /// TaskExit (nothing ran).
+    discard: bool,
+    /// An exec whose set-up failed in Exec: Start reports this.
+    doomed: Option<(StartFailReason, String)>,
+    /// The answer to the Update in flight.
+    updated: Option<Result<(), String>>,
+    /// A SIGKILL was sent to the agent: the VM goes if the process does not.
+    sigkill_at: Option<Instant>,
+    /// The agent reported the exit; its last output may still be on the way.
+    exited_in_guest: bool,
 }
 
 pub struct Process {
@@ -92,12 +120,15 @@ pub struct Process {
     pub pid: u32,
     state: Mutex<State>,
     changed: Condvar,
-    cmds: Mutex<Sender<Cmd>>,
     control: ControlSender,
+    kill: KillHandle,
     stdin: StdinCloser,
-    /// Pause, resume and statistics of the VMM.
+    /// Pause, resume, statistics and CPU quota of the VMM.
     cgroup: CgroupHandle,
-    paused: AtomicBool,
+    /// The longest wait for an agent's answer.
+    reply_deadline: Duration,
+    /// One Update at a time: its answer has one slot.
+    updating: Mutex<()>,
 }
 
 /// What a VM owner needs beside the VM.
@@ -113,6 +144,16 @@ pub struct Launch {
     pub dependents: Option<Arc<Mutex<Vec<Arc<Process>>>>>,
 }
 
+impl Launch {
+    fn what(&self) -> String {
+        if self.exec_id.is_empty() {
+            format!("task {}", self.container_id)
+        } else {
+            format!("exec {} of task {}", self.exec_id, self.container_id)
+        }
+    }
+}
+
 impl Process {
     fn what(&self) -> String {
         if self.exec_id.is_empty() {
@@ -122,156 +163,218 @@ impl Process {
         }
     }
 
+    fn is_exec(&self) -> bool {
+        !self.exec_id.is_empty()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Boots the VM on its owner thread; returns once the agent is ready.
+    /// The one place the state changes: `f` runs under the lock, waiters
+    /// are woken after.
+    fn transition<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut st = self.lock();
+        let r = f(&mut st);
+        self.changed.notify_all();
+        r
+    }
+
+    /// Waits (bounded) until `done` holds; returns its value.
+    fn wait_for<T>(
+        &self,
+        within: Duration,
+        mut done: impl FnMut(&mut State) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + within;
+        let mut st = self.lock();
+        loop {
+            if let Some(t) = done(&mut st) {
+                return Some(t);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Boots the VM on its owner thread and sets the process up in it;
+    /// returns once the agent answered. A task whose process cannot be set
+    /// up (a missing binary) fails here, as runc's create does; an exec's
+    /// failure is kept for its Start, where runc reports it.
     pub fn launch(l: Launch) -> Result<Arc<Process>, ShimError> {
+        let terminal = l.stdio.terminal;
+        // A terminal has no stderr: containerd may name a FIFO it never made.
+        let stderr = if terminal {
+            ""
+        } else {
+            l.stdio.stderr.as_str()
+        };
         let outputs = crate::io::open_outputs(
             &l.stdio.stdout,
-            &l.stdio.stderr,
+            stderr,
             &l.container_id,
             l.events.namespace(),
         )?;
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let what = if l.exec_id.is_empty() {
-            format!("task {}", l.container_id)
-        } else {
-            format!("exec {} of task {}", l.exec_id, l.container_id)
-        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let what = l.what();
         std::thread::Builder::new()
             .name(format!("vm-{}", l.spec.id))
-            .spawn(move || {
-                // The logger is reaped once the owner is done with the output.
-                let _logger = outputs.logger;
-                owner(l, outputs.stdout, outputs.stderr, ready_tx)
-            })
+            .spawn(move || owner(l, outputs, ready_tx))
             .map_err(|source| ShimError::Io {
                 path: "owner thread".into(),
                 source,
             })?;
-        ready_rx
-            .recv()
-            .map_err(|_| ShimError::OwnerGone(what.clone()))?
+        ready_rx.recv().map_err(|_| ShimError::OwnerGone(what))?
     }
 
     pub fn status(&self) -> Status {
         self.lock().status
     }
 
-    /// Starts the process; returns its pid.
+    /// Created → Starting: sends Start and waits for the agent's answer.
+    /// Returns the pid.
     pub fn start(&self) -> Result<u32, ShimError> {
-        let status = self.status();
-        if status != Status::Created {
-            return Err(ShimError::State {
-                op: "start",
+        let doomed = self.transition(|st| {
+            if st.paused {
+                return Err(ShimError::State {
+                    op: "start",
+                    what: self.what(),
+                    state: "paused",
+                });
+            }
+            if st.status != Status::Created {
+                return Err(ShimError::State {
+                    op: "start",
+                    what: self.what(),
+                    state: st.status.name(),
+                });
+            }
+            if let Some((reason, message)) = st.doomed.clone() {
+                // Nothing runs: no TaskExit, as for runc's failed exec.
+                st.status = Status::Exited {
+                    code: start_fail_status(reason),
+                    at: SystemTime::now(),
+                };
+                return Ok(Some((reason, message)));
+            }
+            st.status = Status::Starting;
+            Ok(None)
+        })?;
+        if let Some((reason, message)) = doomed {
+            return Err(ShimError::StartFailed {
                 what: self.what(),
-                state: status.name(),
+                reason,
+                message,
             });
         }
-        let (tx, rx) = mpsc::channel();
-        self.cmds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Cmd::Start(tx))
-            .map_err(|_| ShimError::OwnerGone(self.what()))?;
-        rx.recv().map_err(|_| ShimError::OwnerGone(self.what()))?
-    }
-
-    /// Hands a command to the VM's owner thread; a gone owner has nothing
-    /// left to act on.
-    fn send_cmd(&self, cmd: Cmd) {
-        let _ = self
-            .cmds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(cmd);
+        log::info!("{}: start", self.what());
+        if let Err(e) = self.control.send(&HostMsg::Start) {
+            log::warn!("{}: cannot send Start: {e}", self.what());
+            self.kill.kill();
+        }
+        // The owner answers within the agent's deadline (or kills the VM).
+        self.wait_for(self.reply_deadline + HANDLER_MARGIN, |st| st.started.take())
+            .unwrap_or_else(|| {
+                self.kill.kill();
+                Err(ShimError::VmGone(self.what()))
+            })
     }
 
     /// Delivers `signal` to the process (or all its processes).
-    pub fn kill(self: &Arc<Self>, signal: u32, all: bool) -> Result<(), ShimError> {
+    pub fn kill(&self, signal: u32, all: bool) -> Result<(), ShimError> {
         let signal = i32::try_from(signal)
             .ok()
             .filter(|s| (1..=mu2_protocol::MAX_SIGNAL).contains(s))
             .ok_or_else(|| ShimError::InvalidArgument(format!("signal {signal}")))?;
-        match self.status() {
-            Status::Created => {
-                // No process yet: the VM is the process. It dies of the
-                // signal, as a created runc container's init would.
-                self.send_cmd(Cmd::Kill(signal));
-                Ok(())
+        enum Act {
+            KillVm,
+            Signal,
+        }
+        let act = self.transition(|st| match st.status {
+            Status::Created if self.is_exec() => Err(ShimError::State {
+                op: "signal",
+                what: self.what(),
+                state: "created (not started)",
+            }),
+            // No process yet: the VM is the process. It dies of the
+            // signal, as a created runc container's init would.
+            Status::Created | Status::Starting => {
+                st.killed_by.get_or_insert(signal);
+                Ok(Act::KillVm)
+            }
+            // Exited in the guest, its last output still on the way to a
+            // slow reader: SIGKILL abandons that output, as it would a
+            // runc process blocked writing to its pipe.
+            Status::Running if st.exited_in_guest && signal == libc::SIGKILL => {
+                st.killed_by.get_or_insert(signal);
+                Ok(Act::KillVm)
             }
             Status::Running => {
-                log::info!("{}: signal {signal} (all: {all})", self.what());
-                if self.control.send(&HostMsg::Signal { signal, all }).is_err() {
-                    self.kill_vm();
-                } else if signal == libc::SIGKILL {
-                    let me = Arc::clone(self);
-                    std::thread::spawn(move || {
-                        if me.wait_timeout(SIGKILL_GRACE).is_none() {
-                            log::warn!(
-                                "{}: agent did not end the process after SIGKILL; killing the vm",
-                                me.what()
-                            );
-                            me.kill_vm();
-                        }
-                    });
+                if signal == libc::SIGKILL {
+                    st.sigkill_at.get_or_insert_with(Instant::now);
                 }
-                Ok(())
+                Ok(Act::Signal)
             }
             Status::Exited { .. } | Status::Deleted => Err(ShimError::NotFound(format!(
                 "{} (process already finished)",
                 self.what()
             ))),
+        })?;
+        log::info!("{}: signal {signal} (all: {all})", self.what());
+        match act {
+            Act::KillVm => self.kill.kill(),
+            Act::Signal => {
+                if self.control.send(&HostMsg::Signal { signal, all }).is_err() {
+                    self.kill.kill();
+                }
+            }
         }
-    }
-
-    /// SIGKILLs QEMU if it is not being reaped yet; its owner then sees the
-    /// VM end and publishes the exit.
-    pub fn kill_vm(&self) {
-        let st = self.lock();
-        if st.vm_alive {
-            // The owner reaps only after clearing vm_alive under this lock,
-            // so the pid cannot have been reused.
-            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-            // A paused VMM only dies once thawed.
-            let _ = self.cgroup.resume();
-        }
+        Ok(())
     }
 
     /// Freezes the VM of a running process.
     pub fn pause(&self) -> Result<(), ShimError> {
-        let status = self.status();
-        if status != Status::Running {
-            return Err(ShimError::State {
-                op: "pause",
-                what: self.what(),
-                state: status.name(),
-            });
-        }
-        self.cgroup.pause()?;
-        self.paused.store(true, Ordering::SeqCst);
-        Ok(())
+        self.transition(|st| {
+            if st.status != Status::Running || st.paused {
+                return Err(ShimError::State {
+                    op: "pause",
+                    what: self.what(),
+                    state: if st.paused {
+                        "paused"
+                    } else {
+                        st.status.name()
+                    },
+                });
+            }
+            self.cgroup.pause()?;
+            st.paused = true;
+            Ok(())
+        })
     }
 
     /// Lets a paused VM run again.
     pub fn resume(&self) -> Result<(), ShimError> {
-        if !self.is_paused() {
-            return Err(ShimError::State {
-                op: "resume",
-                what: self.what(),
-                state: self.status().name(),
-            });
-        }
-        self.cgroup.resume()?;
-        self.paused.store(false, Ordering::SeqCst);
-        Ok(())
+        self.transition(|st| {
+            if !st.paused {
+                return Err(ShimError::State {
+                    op: "resume",
+                    what: self.what(),
+                    state: st.status.name(),
+                });
+            }
+            self.cgroup.resume()?;
+            st.paused = false;
+            Ok(())
+        })
     }
 
     /// Paused and not yet exited.
     pub fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::SeqCst) && self.status() == Status::Running
+        self.lock().paused
     }
 
     /// CPU, memory and pids of the process's VMM.
@@ -279,17 +382,76 @@ impl Process {
         Ok(self.cgroup.stats()?)
     }
 
-    /// Ends the process now, whatever its state, and waits (bounded) for its
-    /// exit.
-    pub fn force_end(&self) {
-        match self.status() {
-            Status::Created => {
-                self.send_cmd(Cmd::Kill(libc::SIGKILL));
+    /// New limits for the container's cgroup inside this VM (and the VMM's
+    /// CPU cap), while it is created or running.
+    pub fn update(
+        &self,
+        change: &mu2_oci::ResourceChange,
+        boot_quota: (u64, u64),
+    ) -> Result<(), ShimError> {
+        let limits = change.limits;
+        let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        self.transition(|st| match st.status {
+            Status::Created | Status::Starting | Status::Running => {
+                st.updated = None;
+                Ok(())
             }
-            Status::Running => self.kill_vm(),
-            _ => return,
+            other => Err(ShimError::State {
+                op: "update",
+                what: self.what(),
+                state: other.name(),
+            }),
+        })?;
+        if let Some(q) = change.cpu_quota {
+            // "No cap" restores the cap the VM booted with.
+            self.cgroup.set_cpu_quota(Some(q.unwrap_or(boot_quota)))?;
         }
-        let _ = self.wait_timeout(POWEROFF_GRACE);
+        if let Some(s) = change.cpu_shares {
+            self.cgroup.set_cpu_shares(s)?;
+        }
+        if limits == mu2_protocol::Update::default() {
+            return Ok(());
+        }
+        self.control.send(&HostMsg::Update(limits))?;
+        match self.wait_for(self.reply_deadline, |st| st.updated.take()) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(message)) => Err(ShimError::InvalidArgument(format!(
+                "update of {}: the guest refused it: {message}",
+                self.what()
+            ))),
+            None => Err(ShimError::VmGone(self.what())),
+        }
+    }
+
+    /// Ends the process now, whatever its state, and waits (bounded) for its
+    /// exit. A never-started exec is discarded: status 0, no TaskExit.
+    pub fn force_end(&self) {
+        let kill = self.transition(|st| match st.status {
+            Status::Created | Status::Starting => {
+                if self.is_exec() && st.status == Status::Created {
+                    st.discard = true;
+                    if st.doomed.is_some() {
+                        st.status = Status::Exited {
+                            code: 0,
+                            at: SystemTime::now(),
+                        };
+                        return false;
+                    }
+                } else {
+                    st.killed_by.get_or_insert(libc::SIGKILL);
+                }
+                true
+            }
+            Status::Running => {
+                st.killed_by.get_or_insert(libc::SIGKILL);
+                true
+            }
+            Status::Exited { .. } | Status::Deleted => false,
+        });
+        if kill {
+            self.kill.kill();
+            let _ = self.wait_timeout(SIGKILL_GRACE + RELAY_DRAIN + HANDLER_MARGIN);
+        }
     }
 
     pub fn close_stdin(&self) {
@@ -322,28 +484,17 @@ impl Process {
     }
 
     pub fn wait_timeout(&self, timeout: Duration) -> Option<(u32, SystemTime)> {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.lock();
-        loop {
-            if let Status::Exited { code, at } = st.status {
-                return Some((code, at));
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            st = self
-                .changed
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.wait_for(timeout, |st| match st.status {
+            Status::Exited { code, at } => Some((code, at)),
+            _ => None,
+        })
     }
 
     /// Exited → Deleted; returns the exit.
     pub fn mark_deleted(&self) -> Result<(u32, SystemTime), ShimError> {
-        let mut st = self.lock();
-        match st.status {
+        self.transition(|st| match st.status {
             Status::Exited { code, at } => {
                 st.status = Status::Deleted;
-                self.changed.notify_all();
                 Ok((code, at))
             }
             other => Err(ShimError::State {
@@ -351,13 +502,7 @@ impl Process {
                 what: self.what(),
                 state: other.name(),
             }),
-        }
-    }
-
-    fn set_status(&self, status: Status) {
-        let mut st = self.lock();
-        st.status = status;
-        self.changed.notify_all();
+        })
     }
 }
 
@@ -369,18 +514,18 @@ fn start_fail_status(reason: StartFailReason) -> u32 {
     }
 }
 
-/// The VM owner thread.
+/// The VM owner thread: boots, prepares, then serves the VM until it is
+/// gone.
 fn owner(
     l: Launch,
-    stdout: Option<File>,
-    stderr: Option<File>,
-    ready: Sender<Result<Arc<Process>, ShimError>>,
+    outputs: Outputs,
+    ready: std::sync::mpsc::Sender<Result<Arc<Process>, ShimError>>,
 ) {
-    let what = if l.exec_id.is_empty() {
-        format!("task {}", l.container_id)
-    } else {
-        format!("exec {} of task {}", l.exec_id, l.container_id)
-    };
+    let what = l.what();
+    // The logger is reaped, and the held FIFO read ends closed, once the
+    // owner is done with the output.
+    let _logger = outputs.logger;
+    let _held = outputs.held;
     log::info!("{what}: booting vm {}", l.spec.id);
     let mut vm = match Vm::launch(&l.spec) {
         Ok(vm) => vm,
@@ -390,150 +535,96 @@ fn owner(
             return;
         }
     };
-    let (cmd_tx, cmd_rx) = mpsc::channel();
+    log::info!(
+        "{what}: vm {} ready in {:?} (pid {})",
+        l.spec.id,
+        vm.boot_time(),
+        vm.pid()
+    );
+    let stdio = vm.take_stdio().expect("stdio is taken once");
+    let relays = match (
+        OutputRelay::spawn("stdout", stdio.stdout, outputs.stdout, false),
+        OutputRelay::spawn("stderr", stdio.stderr, outputs.stderr, false),
+    ) {
+        (Ok(o), Ok(e)) => [o, e],
+        (Err(source), _) | (_, Err(source)) => {
+            let _ = ready.send(Err(ShimError::Io {
+                path: "output relay".into(),
+                source,
+            }));
+            return;
+        }
+    };
     let proc = Arc::new(Process {
         container_id: l.container_id.clone(),
         exec_id: l.exec_id.clone(),
         stdio: l.stdio.clone(),
         pid: vm.pid(),
-        state: Mutex::new(State {
-            status: Status::Created,
-            vm_alive: true,
-        }),
+        state: Mutex::new(State::default()),
         changed: Condvar::new(),
-        cmds: Mutex::new(cmd_tx),
         control: vm.sender(),
+        kill: vm.kill_handle(),
         stdin: StdinCloser::new(&l.stdio.stdin),
         cgroup: vm.cgroup_handle(),
-        paused: AtomicBool::new(false),
+        reply_deadline: vm.deadlines().reply,
+        updating: Mutex::new(()),
     });
-    log::info!(
-        "{what}: vm {} ready in {:?} (pid {})",
-        l.spec.id,
-        vm.boot_time(),
-        proc.pid
-    );
+    log::info!("{what}: run {:?}", l.run.process.args);
+    let prepared = vm
+        .sender()
+        .send(&HostMsg::Run(Box::new(l.run.clone())))
+        .and_then(|()| {
+            vm.await_reply("Prepared after Run", |m| match m {
+                GuestMsg::Prepared { path } => Ok(Ok(path)),
+                GuestMsg::StartFailed { reason, message } => Ok(Err((reason, message))),
+                other => Err(other),
+            })
+        });
+    match prepared {
+        Ok(Ok(path)) => log::info!("{what}: set up; args[0] is {path:?}"),
+        Ok(Err((reason, message))) if !proc.is_exec() => {
+            log::warn!("{what}: cannot be set up: {message}");
+            let _ = ready.send(Err(ShimError::StartFailed {
+                what,
+                reason,
+                message,
+            }));
+            return;
+        }
+        Ok(Err((reason, message))) => {
+            log::warn!("{what}: cannot be set up (Start will fail): {message}");
+            proc.transition(|st| {
+                st.doomed = Some((reason, message));
+            });
+            let _ = ready.send(Ok(proc));
+            return;
+        }
+        Err(e) => {
+            log::error!("{what}: {}", crate::error::describe(&e));
+            let _ = ready.send(Err(e.into()));
+            return;
+        }
+    }
     if ready.send(Ok(Arc::clone(&proc))).is_err() {
         return;
     }
-    let mut io = Running::default();
-    let exit = match await_start(
-        &mut vm,
-        &proc,
-        &l,
-        &cmd_rx,
-        (stdout, stderr),
-        &mut io,
-        &what,
-    ) {
-        Some(code) => ExitReport {
-            code,
-            oom_killed: false,
-        },
-        None => run_to_exit(&mut vm, &what),
+    let mut o = Owner {
+        vm,
+        proc,
+        l,
+        relays,
+        stdin_port: Some(stdio.stdin),
+        exit: None,
+        drain: None,
+        acked_at: None,
+        starting_since: None,
+        result: None,
     };
-    end(vm, &proc, &l, exit, io, &what);
+    o.serve();
+    o.end();
 }
 
-/// What a started process holds until its VM is gone.
-#[derive(Default)]
-struct Running {
-    /// Closing our end of the stdin port makes QEMU drop what it has not
-    /// yet handed to the guest: it stays open until the VM ends.
-    stdin_port: Option<UnixStream>,
-    relays: Vec<JoinHandle<u64>>,
-}
-
-/// Serves commands until Start ran the process (None: it runs) or the
-/// process ended before running (Some(status)).
-fn await_start(
-    vm: &mut Vm,
-    proc: &Arc<Process>,
-    l: &Launch,
-    cmds: &Receiver<Cmd>,
-    (stdout, stderr): (Option<File>, Option<File>),
-    io: &mut Running,
-    what: &str,
-) -> Option<u32> {
-    let reply = {
-        match cmds.recv() {
-            Ok(Cmd::Start(reply)) => reply,
-            Ok(Cmd::Kill(sig)) => {
-                log::info!("{what}: killed by signal {sig} before it started");
-                proc.lock().vm_alive = false;
-                vm.kill();
-                return Some(128 + sig as u32);
-            }
-            // Every handle on the process is gone: nobody will start it.
-            Err(_) => {
-                proc.lock().vm_alive = false;
-                vm.kill();
-                return Some(STATUS_VM_GONE);
-            }
-        }
-    };
-    let stdio = vm.take_stdio().expect("stdio is taken once");
-    io.relays.push(spawn_output_relay(stdio.stdout, stdout));
-    io.relays.push(spawn_output_relay(stdio.stderr, stderr));
-    log::info!("{what}: run {:?}", l.run.process.args);
-    if let Err(e) = proc.control.send(&HostMsg::Run(Box::new(l.run.clone()))) {
-        let _ = reply.send(Err(e.into()));
-        return Some(STATUS_VM_GONE);
-    }
-    loop {
-        match vm.recv() {
-            Ok(Some(GuestMsg::Started { pid })) => {
-                log::info!("{what}: started as guest pid {pid}");
-                break;
-            }
-            Ok(Some(GuestMsg::StartFailed { reason, message })) => {
-                log::warn!("{what}: cannot start: {message}");
-                let code = start_fail_status(reason);
-                // Stopped before the reply, so that the Delete containerd
-                // sends next finds it so; no process ran, so no TaskExit.
-                proc.lock().vm_alive = false;
-                vm.kill();
-                proc.set_status(Status::Exited {
-                    code,
-                    at: SystemTime::now(),
-                });
-                let _ = reply.send(Err(ShimError::StartFailed {
-                    what: what.to_string(),
-                    reason,
-                    message,
-                }));
-                return Some(code);
-            }
-            Ok(Some(other)) => log::warn!("{what}: unexpected {other:?} before Started"),
-            Ok(None) | Err(_) => {
-                let _ = reply.send(Err(ShimError::VmGone(what.to_string())));
-                return Some(STATUS_VM_GONE);
-            }
-        }
-    }
-    match stdio.stdin.try_clone() {
-        Ok(relay_end) => spawn_stdin_relay(relay_end, proc.stdin.clone(), proc.control.clone()),
-        Err(e) => log::warn!("{what}: no stdin relay: {e}"),
-    }
-    io.stdin_port = Some(stdio.stdin);
-    proc.set_status(Status::Running);
-    l.events.send(if l.exec_id.is_empty() {
-        Event::Start {
-            id: l.container_id.clone(),
-            pid: proc.pid,
-        }
-    } else {
-        Event::ExecStarted {
-            id: l.container_id.clone(),
-            exec_id: l.exec_id.clone(),
-            pid: proc.pid,
-        }
-    });
-    let _ = reply.send(Ok(proc.pid));
-    None
-}
-
-/// How a process ended.
+/// How the process ended, as the owner saw it.
 #[derive(Debug, Clone, Copy)]
 struct ExitReport {
     code: u32,
@@ -541,85 +632,292 @@ struct ExitReport {
     oom_killed: bool,
 }
 
-impl ExitReport {
-    fn vm_gone() -> ExitReport {
-        ExitReport {
-            code: STATUS_VM_GONE,
-            oom_killed: false,
-        }
-    }
+struct Owner {
+    vm: Vm,
+    proc: Arc<Process>,
+    l: Launch,
+    relays: [OutputRelay; 2],
+    /// Closing our end of the stdin port makes QEMU drop what it has not
+    /// yet handed to the guest: it stays open until the VM ends.
+    stdin_port: Option<UnixStream>,
+    /// The agent's Exit, once it came.
+    exit: Option<Exit>,
+    drain: Option<DrainWatch>,
+    acked_at: Option<Instant>,
+    starting_since: Option<Instant>,
+    /// How it ended, once known.
+    result: Option<ExitReport>,
 }
 
-/// Reads the agent until the process exits; returns how it ended.
-fn run_to_exit(vm: &mut Vm, what: &str) -> ExitReport {
-    loop {
-        match vm.recv() {
-            Ok(Some(GuestMsg::Exit(e))) => {
+impl Owner {
+    fn what(&self) -> String {
+        self.l.what()
+    }
+
+    /// Reads the agent until the VM is gone, minding every deadline.
+    fn serve(&mut self) {
+        loop {
+            let event = self.vm.next_event(Some(Instant::now() + TICK));
+            match event {
+                Some(AgentEvent::Closed) => return,
+                Some(AgentEvent::Broken(message)) => {
+                    log::error!(
+                        "{}: the agent broke the protocol: {message}; killing its vm",
+                        self.what()
+                    );
+                    self.vm.kill_handle().kill();
+                }
+                Some(AgentEvent::Msg(m)) => self.on_message(m),
+                None => {}
+            }
+            self.on_tick();
+        }
+    }
+
+    fn on_message(&mut self, m: GuestMsg) {
+        let status = self.proc.status();
+        match (status, m) {
+            (Status::Starting, GuestMsg::Started { pid }) => self.on_started(pid),
+            (Status::Starting, GuestMsg::StartFailed { reason, message }) => {
+                log::warn!("{}: cannot start: {message}", self.what());
+                let code = start_fail_status(reason);
+                // Stopped before Start answers, so that the Delete containerd
+                // sends next finds it so; no process ran, so no TaskExit.
+                self.proc.transition(|st| {
+                    st.status = Status::Exited {
+                        code,
+                        at: SystemTime::now(),
+                    };
+                    st.started = Some(Err(ShimError::StartFailed {
+                        what: self.l.what(),
+                        reason,
+                        message,
+                    }));
+                });
+                self.vm.kill_handle().kill();
+            }
+            (Status::Running, GuestMsg::Exit(e)) if self.exit.is_none() => {
                 log::info!(
-                    "{what}: exited with status {} (oom killed: {})",
+                    "{}: exited with status {} (oom killed: {}); draining {}+{} output bytes",
+                    self.what(),
                     e.status,
-                    e.oom_killed
+                    e.oom_killed,
+                    e.stdout_bytes,
+                    e.stderr_bytes
                 );
-                return ExitReport {
-                    code: u32::try_from(e.status).unwrap_or(STATUS_VM_GONE),
-                    oom_killed: e.oom_killed,
-                };
+                self.proc.transition(|st| st.exited_in_guest = true);
+                self.drain = Some(DrainWatch::new(
+                    vec![e.stdout_bytes, e.stderr_bytes],
+                    self.vm.deadlines().drain,
+                ));
+                self.exit = Some(e);
             }
-            Ok(Some(other)) => log::debug!("{what}: agent says {other:?}"),
-            Ok(None) => {
-                log::warn!("{what}: vm ended without an exit; status {STATUS_VM_GONE}");
-                return ExitReport::vm_gone();
+            (_, GuestMsg::Updated { error }) => {
+                self.proc
+                    .transition(|st| st.updated = Some(error.map_or(Ok(()), Err)));
             }
-            Err(e) => {
-                log::error!("{what}: {}", crate::error::describe(&e));
-                return ExitReport::vm_gone();
+            (status, other) => {
+                log::error!(
+                    "{}: the agent sent {} while the process is {}; killing its vm",
+                    self.what(),
+                    describe_msg(&other),
+                    status.name()
+                );
+                self.vm.kill_handle().kill();
             }
         }
     }
-}
 
-fn end(mut vm: Vm, proc: &Arc<Process>, l: &Launch, exit: ExitReport, io: Running, what: &str) {
-    proc.lock().vm_alive = false;
-    vm.finish(POWEROFF_GRACE);
-    log::info!("{what}: vm {} gone", vm.id());
-    drop(vm);
-    drop(io.stdin_port);
-    proc.stdin.close();
-    // The output relays end with QEMU, once they handed everything to the
-    // FIFOs; a FIFO nobody reads may hold them back, so the wait is bounded.
-    let deadline = Instant::now() + RELAY_DRAIN;
-    for r in io.relays {
-        while !r.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+    fn on_started(&mut self, guest_pid: u32) {
+        log::info!("{}: started as guest pid {guest_pid}", self.what());
+        if let Some(port) = &self.stdin_port {
+            match port.try_clone() {
+                Ok(relay_end) => spawn_stdin_relay(
+                    relay_end,
+                    self.proc.stdin.clone(),
+                    self.proc.control.clone(),
+                ),
+                Err(e) => log::warn!("{}: no stdin relay: {e}", self.what()),
+            }
         }
-        if r.is_finished() {
-            let _ = r.join();
+        let pid = self.proc.pid;
+        self.proc.transition(|st| {
+            st.status = Status::Running;
+            st.started = Some(Ok(pid));
+        });
+        self.l.events.send(if self.l.exec_id.is_empty() {
+            Event::Start {
+                id: self.l.container_id.clone(),
+                pid,
+            }
         } else {
-            log::warn!("{what}: an output fifo is not being read; not waiting for it");
-        }
-    }
-    if let Some(deps) = &l.dependents {
-        let deps: Vec<_> = deps.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for d in deps {
-            d.force_end();
-        }
-    }
-    if matches!(proc.status(), Status::Exited { .. }) {
-        return;
-    }
-    let code = exit.code;
-    let at = SystemTime::now();
-    if exit.oom_killed {
-        l.events.send(Event::Oom {
-            id: l.container_id.clone(),
+            Event::ExecStarted {
+                id: self.l.container_id.clone(),
+                exec_id: self.l.exec_id.clone(),
+                pid,
+            }
         });
     }
-    proc.set_status(Status::Exited { code, at });
-    l.events.send(Event::Exit {
-        id: l.container_id.clone(),
-        exec_id: l.exec_id.clone(),
-        pid: proc.pid,
-        status: code,
-        at,
-    });
+
+    /// Deadlines: Started after Start, a SIGKILL the agent did not carry
+    /// out, the drain of the last output, the power-off after ExitAck.
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let (status, paused, sigkill_at) = {
+            let st = self.proc.lock();
+            (st.status, st.paused, st.sigkill_at)
+        };
+        let d = *self.vm.deadlines();
+        if status == Status::Starting {
+            let since = *self.starting_since.get_or_insert(now);
+            if now.duration_since(since) >= d.reply {
+                log::error!(
+                    "{}: no answer to Start within {:?}; killing its vm",
+                    self.what(),
+                    d.reply
+                );
+                self.proc.transition(|st| {
+                    st.started = Some(Err(ShimError::Vm(mu2_microvm::VmError::Deadline {
+                        id: self.vm.id().to_string(),
+                        what: "Started after Start",
+                        timeout: d.reply,
+                        console: self.vm.console_tail(mu2_microvm::vm::CONSOLE_TAIL_LINES),
+                    })));
+                });
+                self.vm.kill_handle().kill();
+            }
+        }
+        if let Some(at) = sigkill_at {
+            if self.exit.is_none() && !paused && now.duration_since(at) >= SIGKILL_GRACE {
+                log::warn!(
+                    "{}: agent did not end the process after SIGKILL; killing the vm",
+                    self.what()
+                );
+                self.vm.kill_handle().kill();
+            }
+        }
+        if let (Some(watch), None) = (&self.drain, self.acked_at) {
+            match watch.poll(&[&self.relays[0], &self.relays[1]], paused) {
+                Drain::Pending => {}
+                Drain::Complete => {
+                    let e = self.exit.expect("a drain follows an exit");
+                    self.result = Some(ExitReport {
+                        code: u32::try_from(e.status).unwrap_or(STATUS_VM_GONE),
+                        oom_killed: e.oom_killed,
+                    });
+                    self.acked_at = Some(now);
+                    if self.proc.control.send(&HostMsg::ExitAck).is_err() {
+                        self.vm.kill_handle().kill();
+                    }
+                }
+                Drain::Short { stream, got, want } => {
+                    log::error!(
+                        "{}: {stream} cut short: {got} of {want} bytes arrived, then nothing for {:?}; killing its vm",
+                        self.what(),
+                        d.drain
+                    );
+                    self.result = Some(ExitReport {
+                        code: STATUS_VM_GONE,
+                        oom_killed: false,
+                    });
+                    self.acked_at = Some(now);
+                    self.vm.kill_handle().kill();
+                }
+            }
+        }
+        if let Some(at) = self.acked_at {
+            if now.duration_since(at) >= d.poweroff {
+                log::warn!(
+                    "{}: vm did not power off within {:?}; killing it",
+                    self.what(),
+                    d.poweroff
+                );
+                self.vm.kill_handle().kill();
+            }
+        }
+    }
+
+    /// The VM is gone: reap it, flush the output, end the dependents and
+    /// publish the one exit.
+    fn end(self) {
+        let Owner {
+            mut vm,
+            proc,
+            l,
+            relays,
+            stdin_port,
+            result,
+            ..
+        } = self;
+        let what = l.what();
+        vm.finish(Duration::ZERO);
+        log::info!("{what}: vm {} gone", vm.id());
+        drop(vm);
+        drop(stdin_port);
+        proc.stdin.close();
+        // The relays end with QEMU once they handed everything to the
+        // FIFOs; a FIFO nobody reads may hold them back, so the wait is
+        // bounded.
+        for r in relays {
+            let name = r.name();
+            if r.join(RELAY_DRAIN).is_none() {
+                log::warn!("{what}: the {name} fifo is not being read; not waiting for it");
+            }
+        }
+        if let Some(deps) = &l.dependents {
+            let deps: Vec<_> = deps.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for d in deps {
+                d.force_end();
+            }
+        }
+        let report = proc.transition(|st| {
+            if let Status::Exited { .. } | Status::Deleted = st.status {
+                // Ended before it ran (StartFailed): no exit to publish.
+                if let Some(Ok(_)) | None = st.started {
+                    st.started = Some(Err(ShimError::VmGone(what.clone())));
+                }
+                return None;
+            }
+            let report = match (st.discard, st.killed_by, result) {
+                (true, _, _) => None,
+                (_, Some(sig), None) => Some(ExitReport {
+                    code: 128 + sig as u32,
+                    oom_killed: false,
+                }),
+                (_, _, Some(r)) => Some(r),
+                (_, None, None) => {
+                    log::warn!("{what}: vm ended without an exit; status {STATUS_VM_GONE}");
+                    Some(ExitReport {
+                        code: STATUS_VM_GONE,
+                        oom_killed: false,
+                    })
+                }
+            };
+            let was_starting = st.status == Status::Starting;
+            st.status = Status::Exited {
+                code: report.map_or(0, |r| r.code),
+                at: SystemTime::now(),
+            };
+            if was_starting {
+                st.started = Some(Err(ShimError::VmGone(what.clone())));
+            }
+            report
+        });
+        let Some(report) = report else { return };
+        let Status::Exited { code, at } = proc.status() else {
+            return;
+        };
+        if report.oom_killed {
+            l.events.send(Event::Oom {
+                id: l.container_id.clone(),
+            });
+        }
+        l.events.send(Event::Exit {
+            id: l.container_id.clone(),
+            exec_id: l.exec_id.clone(),
+            pid: proc.pid,
+            status: code,
+            at,
+        });
+    }
 }

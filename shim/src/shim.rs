@@ -2,7 +2,7 @@
 //! address), the server itself, and `delete` (clean up after a shim that
 //! died).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -49,9 +49,28 @@ impl containerd_shim::Shim for Service {
     }
 
     fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
+        use crate::start;
+        let options = start::read_options(std::io::stdin().lock())?;
+        let cgroup = start::shim_cgroup(&options)?;
         // One shim per container: containerd's id is the grouping.
         let grouping = opts.id.clone();
-        let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        let (pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        if let Some(path) = cgroup {
+            if let Err(e) = start::join_cgroup(pid, &path, Path::new("/sys/fs/cgroup")) {
+                // The server must not outlive a start that failed.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                if let Some(socket) = address.strip_prefix("unix://") {
+                    let _ = std::fs::remove_file(socket);
+                }
+                return Err(e.into());
+            }
+        }
+        start::adjust_oom_score(pid, std::os::unix::process::parent_id());
+        // The start action runs in the bundle directory.
+        start::write_address(&std::env::current_dir().unwrap_or_default(), &address)?;
         Ok(address)
     }
 

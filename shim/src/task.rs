@@ -145,6 +145,7 @@ fn vm_spec(
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_QEMU));
     let jail = mu2_microvm::jail::JailMode::load()?;
+    let deadlines = mu2_microvm::Deadlines::load()?;
     let owner = mu2_microvm::record::Owner::shim(namespace, id, exec_id);
     Ok(plan.vm_spec(
         vm_id(namespace, id, exec_id),
@@ -152,6 +153,7 @@ fn vm_spec(
         qemu,
         accel.resolve(),
         jail,
+        deadlines,
         owner,
     ))
 }
@@ -272,6 +274,13 @@ impl TaskService {
             return Err(ShimError::InvalidArgument("exec id is empty".into()));
         }
         match c.init.status() {
+            _ if c.init.is_paused() => {
+                return Err(ShimError::State {
+                    op: "exec in",
+                    what: format!("task {}", c.id),
+                    state: "paused",
+                })
+            }
             Status::Created | Status::Running => {}
             other => {
                 return Err(ShimError::State {
@@ -336,9 +345,9 @@ impl TaskService {
     fn do_delete(&self, req: &DeleteRequest) -> Result<DeleteResponse, ShimError> {
         let c = self.container(&req.id)?;
         let proc = c.process(&req.exec_id)?;
-        if proc.status() == Status::Created {
+        if matches!(proc.status(), Status::Created | Status::Starting) {
             // Never started: end its VM first, as runc deletes a created
-            // container.
+            // container (a created exec is discarded: status 0, no exit).
             proc.force_end();
         }
         let (code, at) = proc.mark_deleted()?;
@@ -382,7 +391,9 @@ impl TaskService {
         })
     }
 
-    /// Pauses (or resumes) every VM of the task: its init's and its execs'.
+    /// Pauses (or resumes) every VM of the task, its init's and its
+    /// running execs', all or none: on a failure the VMs already changed
+    /// are changed back.
     fn do_pause(&self, id: &str, pause: bool) -> Result<Empty, ShimError> {
         let c = self.container(id)?;
         let mut procs = vec![Arc::clone(&c.init)];
@@ -391,14 +402,18 @@ impl TaskService {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .values()
-                .filter(|p| p.status() == Status::Running)
+                .filter(|p| p.status() == Status::Running && p.is_paused() != pause)
                 .cloned(),
         );
-        for p in &procs {
-            if pause {
-                p.pause()?;
-            } else {
-                p.resume()?;
+        let act = |p: &Process, pause: bool| if pause { p.pause() } else { p.resume() };
+        for (i, p) in procs.iter().enumerate() {
+            if let Err(e) = act(p, pause) {
+                for done in &procs[..i] {
+                    if let Err(back) = act(done, !pause) {
+                        log::error!("task {id}: cannot undo a partial pause: {back}");
+                    }
+                }
+                return Err(e);
             }
         }
         log::info!("task {id}: {}", if pause { "paused" } else { "resumed" });
@@ -407,6 +422,33 @@ impl TaskService {
         } else {
             Event::Resumed { id: id.to_string() }
         });
+        Ok(Empty::new())
+    }
+
+    /// containerd's Update: what a VM can change, applied to every VM of
+    /// the task; the rest refused by name.
+    fn do_update(&self, req: &UpdateTaskRequest) -> Result<Empty, ShimError> {
+        let c = self.container(&req.id)?;
+        let resources = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| ShimError::InvalidArgument("update without resources".into()))?;
+        let change = oci::update(&resources.value, c.plan.memory_mib, c.plan.vcpus)?;
+        let mut procs = vec![Arc::clone(&c.init)];
+        procs.extend(
+            c.execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .filter(|p| matches!(p.status(), Status::Created | Status::Running))
+                .cloned(),
+        );
+        let boot = mu2_microvm::cgroup::Limits::for_vm(c.plan.memory_mib, c.plan.vcpus);
+        let boot_quota = (boot.cpu_quota_us, mu2_microvm::cgroup::CPU_PERIOD_US);
+        for p in &procs {
+            p.update(&change, boot_quota)?;
+        }
+        log::info!("task {}: updated ({change:?})", req.id);
         Ok(Empty::new())
     }
 
@@ -464,7 +506,7 @@ impl TaskService {
         let c = self.container(&req.id)?;
         let proc = c.process(&req.exec_id)?;
         let (status, exit_status, exited_at) = match proc.status() {
-            Status::Created => (ApiStatus::CREATED, 0, None),
+            Status::Created | Status::Starting => (ApiStatus::CREATED, 0, None),
             Status::Running if proc.is_paused() => (ApiStatus::PAUSED, 0, None),
             Status::Running => (ApiStatus::RUNNING, 0, None),
             Status::Exited { code, at } => (ApiStatus::STOPPED, code, Some(timestamp(at))),
@@ -639,13 +681,8 @@ impl Task for TaskService {
     }
 
     fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> R<Empty> {
-        edge(
-            "update",
-            &req.id,
-            Err(ShimError::Unimplemented(
-                "update: a microVM's resources are fixed when it boots",
-            )),
-        )
+        log::info!("update task {}", req.id);
+        edge("update", &req.id, self.do_update(&req))
     }
 
     fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> R<Empty> {

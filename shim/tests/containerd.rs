@@ -1075,8 +1075,23 @@ fn log_uri_file_matches_runc() {
         lines.sort();
         logs.push(lines);
     }
-    assert_eq!(logs[1].len(), 2004);
-    assert_eq!(logs[1], logs[0], "mu2's log file differs from runc's");
+    let mut want: Vec<String> = ["before", "out", "err", "end"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain((1..=2000).map(|n| n.to_string()))
+        .collect();
+    want.sort();
+    // runc's shim copies the two streams into the file from two goroutines
+    // and has been seen to miss stderr's only line on a loaded host: it is
+    // held to a subset, mu2 to the whole.
+    assert!(
+        logs[0].iter().all(|l| want.contains(l)),
+        "runc's log file has lines the command never wrote"
+    );
+    assert_eq!(
+        logs[1], want,
+        "mu2's log file is not what the command wrote"
+    );
     ctd.assert_nothing_left();
 }
 

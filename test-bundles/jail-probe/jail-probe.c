@@ -14,6 +14,12 @@
  *                        /run/containerd/containerd.sock; "@name" is an
  *                        abstract socket)
  *   open-host            open host files that must not be in the jail
+ *   share-modes DIR      on a writable share DIR, as a 9p server would:
+ *                        create DIR/f 0644, chmod it 04755, 02755 and 0755,
+ *                        create DIR/s 04755, mknod the FIFO DIR/p 04644,
+ *                        set the xattrs security.capability (a file
+ *                        capability granting CAP_SETUID), trusted.mu2 and
+ *                        user.mu2 on DIR/f
  *
  * After each system call that returns, one line goes to stderr (stdout is
  * /dev/null in the jail):
@@ -39,6 +45,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -130,6 +137,30 @@ static int try_open_host(void)
     return 0;
 }
 
+/* What a VMM that does the guest's bidding can do to modes and xattrs on a
+ * writable share (docs/jailer.md, "Writable shares"). */
+static int try_share_modes(const char *dir)
+{
+    char f[1024], s[1024], p[1024];
+    snprintf(f, sizeof f, "%s/f", dir);
+    snprintf(s, sizeof s, "%s/s", dir);
+    snprintf(p, sizeof p, "%s/p", dir);
+    TRY("create f 0644", syscall(SYS_openat, AT_FDCWD, f, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    TRY("chmod f 04755", syscall(SYS_chmod, f, 04755));
+    TRY("chmod f 02755", syscall(SYS_chmod, f, 02755));
+    TRY("chmod f 0755", syscall(SYS_chmod, f, 0755));
+    TRY("create s 04755", syscall(SYS_openat, AT_FDCWD, s, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 04755));
+    TRY("mknod p 04644", syscall(SYS_mknodat, AT_FDCWD, p, S_IFIFO | 04644, 0));
+    /* struct vfs_cap_data, VFS_CAP_REVISION_2 with the effective flag,
+     * CAP_SETUID (7) permitted: what `setcap cap_setuid+ep` writes. */
+    static const unsigned char cap[20] = {0x01, 0, 0, 0x02, 0x80};
+    TRY("setxattr security.capability",
+        syscall(SYS_lsetxattr, f, "security.capability", cap, sizeof cap, 0));
+    TRY("setxattr trusted.mu2", syscall(SYS_lsetxattr, f, "trusted.mu2", "v", 1, 0));
+    TRY("setxattr user.mu2", syscall(SYS_lsetxattr, f, "user.mu2", "v", 1, 0));
+    return 0;
+}
+
 int main(int argc, char **argv, char **envp)
 {
     if (envp != NULL && envp[0] != NULL) {
@@ -164,6 +195,8 @@ int main(int argc, char **argv, char **envp)
         try_connect(arg ? arg : "/run/containerd/containerd.sock");
     } else if (strcmp(a, "open-host") == 0) {
         try_open_host();
+    } else if (strcmp(a, "share-modes") == 0 && arg != NULL) {
+        try_share_modes(arg);
     } else {
         static const char unknown[] = "jail-probe: unknown attempt\n";
         (void)syscall(SYS_write, 2, unknown, sizeof unknown - 1);

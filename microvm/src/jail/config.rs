@@ -45,6 +45,14 @@ pub enum ConfigError {
     Malformed { path: PathBuf, message: String },
 }
 
+/// The host's config file: `$MU2_CONFIG`, or [`DEFAULT_CONFIG`].
+pub fn config_path() -> PathBuf {
+    std::env::var_os(CONFIG_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
 /// A block-aligned range of host ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdRange {
@@ -150,6 +158,9 @@ pub enum JailMode {
 struct File {
     #[serde(default)]
     jail: JailSection,
+    /// Read by [`crate::deadlines`].
+    #[serde(default)]
+    timeouts: Option<toml::Table>,
     #[serde(default)]
     vms: VmsSection,
 }
@@ -178,11 +189,7 @@ impl JailMode {
     /// Reads `$MU2_CONFIG`, or [`DEFAULT_CONFIG`]; a missing file means a
     /// jail with nothing configured (which refuses to launch).
     pub fn load() -> Result<JailMode, ConfigError> {
-        let path = std::env::var_os(CONFIG_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-        Self::load_from(&path)
+        Self::load_from(&config_path())
     }
 
     pub fn load_from(path: &Path) -> Result<JailMode, ConfigError> {
@@ -205,6 +212,7 @@ impl JailMode {
             message,
         };
         let file: File = toml::from_str(text).map_err(|e| malformed(e.message().to_string()))?;
+        let _ = file.timeouts;
         let j = file.jail;
         let record_dir = match file.vms.record_dir {
             Some(p) if !p.is_absolute() => {

@@ -21,7 +21,7 @@ pub mod plan;
 pub mod seccomp;
 mod sys;
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -170,6 +170,8 @@ pub struct JailRequest {
     pub cgroup_procs: Vec<RawFd>,
     /// Adds /dev/kvm.
     pub kvm: bool,
+    /// How long the jailer has to say it started the program.
+    pub start_deadline: std::time::Duration,
 }
 
 /// A running jail: the jailer process, parent of the jailed program.
@@ -269,6 +271,45 @@ pub fn probe_host() -> Result<(), JailError> {
     Ok(())
 }
 
+/// The jailer's one start line (`ok PID`), read within `deadline`: a jailer
+/// that hangs, or writes without a newline, cannot hold the launch.
+fn read_start_line(
+    mut out: std::process::ChildStdout,
+    deadline: std::time::Duration,
+) -> Result<String, String> {
+    use std::os::fd::AsFd;
+    const MAX: usize = 64;
+    let end = std::time::Instant::now() + deadline;
+    let mut line = Vec::new();
+    let mut byte = [0u8; MAX];
+    while !line.contains(&b'\n') {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        if ms == 0 {
+            return Err(format!("none within {deadline:?}"));
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            out.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+        let n = out.read(&mut byte).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        line.extend_from_slice(&byte[..n]);
+        if line.len() > MAX {
+            return Err("an overlong start line".into());
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
 /// Starts `req.program` in a new jail.
 pub fn spawn(cfg: &JailConfig, req: &JailRequest) -> Result<Jailed, JailError> {
     let range = cfg
@@ -361,20 +402,25 @@ pub fn spawn(cfg: &JailConfig, req: &JailRequest) -> Result<Jailed, JailError> {
             return Err(fail(child, stderr, format!("cannot send the plan: {e}")));
         }
     }
-    let mut line = String::new();
-    let read = child
-        .stdout
-        .take()
-        .map(|s| BufReader::new(s).read_line(&mut line));
-    let pid = match (read, line.trim().strip_prefix("ok ")) {
-        (Some(Ok(_)), Some(p)) => p.parse::<u32>().ok(),
-        _ => None,
+    let line = match child.stdout.take() {
+        Some(out) => read_start_line(out, req.start_deadline),
+        None => Err("no stdout".into()),
+    };
+    let pid = match &line {
+        Ok(l) => l
+            .trim()
+            .strip_prefix("ok ")
+            .and_then(|p| p.parse::<u32>().ok()),
+        Err(_) => None,
     };
     let Some(pid) = pid else {
         return Err(fail(
             child,
             stderr,
-            format!("no pid from the jailer ({line:?})"),
+            match line {
+                Ok(l) => format!("no pid from the jailer ({l:?})"),
+                Err(why) => format!("no pid from the jailer: {why}"),
+            },
         ));
     };
     Ok(Jailed {

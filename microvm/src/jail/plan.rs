@@ -340,6 +340,7 @@ mod tests {
             keep_fds: vec![9],
             cgroup_procs: vec![],
             kvm,
+            start_deadline: std::time::Duration::from_secs(10),
         }
     }
 

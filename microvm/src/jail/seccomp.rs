@@ -13,14 +13,22 @@
 //! - `qemu_enosys` ([`ENOSYS_FILTER`]): syscalls that fail with `ENOSYS`
 //!   instead of killing, each one with a fallback in QEMU or glibc
 //!   (`clone3` → `clone`, whose flags seccomp can check; `io_uring_setup` →
-//!   epoll/ppoll). Its `default_action` must be `allow` and its
-//!   `filter_action` an `errno`.
+//!   epoll/ppoll).
+//! - `qemu_eperm` ([`EPERM_FILTER`]): calls that fail with `EPERM`: every
+//!   mode QEMU's 9p server can set on a file (`chmod`, `openat` with
+//!   `O_CREAT`/`O_TMPFILE`, `mknodat`) that carries `S_ISUID` or `S_ISGID`,
+//!   so that a guest cannot plant a setuid or setgid file, owned by host
+//!   root through the share's id map, on the host (docs/jailer.md,
+//!   "Writable shares").
 //!
-//! [`compile`] turns both into one BPF program: the `qemu_enosys` part runs
-//! first, with each of its `allow` returns rewritten into a jump to the
-//! allow-list, so a syscall it lists fails with its errno and any other is
-//! decided by the allow-list. seccompiler's JSON has one match action per
-//! filter, hence the two filters. [`install`] loads the program on the
+//! The two errno filters must have `default_action` `allow` and a
+//! `filter_action` `errno`. [`compile`] turns the three into one BPF
+//! program: `qemu_eperm` first, then `qemu_enosys`, then the allow-list,
+//! each errno part with its `allow` returns rewritten into a jump to the
+//! next part, so a call an errno filter matches fails with its errno and
+//! any other is decided by the allow-list. An errno part can make a call
+//! fail, never allow it. seccompiler's JSON has one match action per
+//! filter, hence the three filters. [`install`] loads the program on the
 //! calling thread; the jailer does that as its last step before `execve`,
 //! after `no_new_privs`, and QEMU's own `-sandbox` adds its filter on top.
 
@@ -36,8 +44,11 @@ pub const POLICY_PATH: &str = "resources/seccomp/qemu-x86_64.json";
 pub const POLICY_JSON: &str = include_str!("../../../resources/seccomp/qemu-x86_64.json");
 /// The allow-list filter's name in the policy.
 pub const ALLOW_FILTER: &str = "qemu";
-/// The name of the filter of syscalls that fail with an errno.
+/// The name of the filter of syscalls that fail with ENOSYS.
 pub const ENOSYS_FILTER: &str = "qemu_enosys";
+/// The name of the filter of calls that fail with EPERM (setuid and setgid
+/// modes).
+pub const EPERM_FILTER: &str = "qemu_eperm";
 /// The value the policy's execve condition holds until [`compile`] fills in
 /// the jailer's path address.
 pub const EXEC_PLACEHOLDER: u64 = 0;
@@ -138,6 +149,10 @@ pub struct Policy {
     pub enosys: Vec<Rule>,
     /// The errno of the `qemu_enosys` filter (ENOSYS), if it is there.
     pub errno: Option<u32>,
+    /// The calls that fail with [`Policy::eperm_errno`], in file order.
+    pub eperm: Vec<Rule>,
+    /// The errno of the `qemu_eperm` filter (EPERM), if it is there.
+    pub eperm_errno: Option<u32>,
 }
 
 // The policy file as seccompiler reads it (the subset this module accepts).
@@ -259,7 +274,7 @@ pub fn parse(policy_json: &str) -> Result<Policy, SeccompError> {
         serde_json::from_str(policy_json).map_err(SeccompError::Json)?;
     if let Some(name) = filters
         .keys()
-        .find(|k| k.as_str() != ALLOW_FILTER && k.as_str() != ENOSYS_FILTER)
+        .find(|k| ![ALLOW_FILTER, ENOSYS_FILTER, EPERM_FILTER].contains(&k.as_str()))
     {
         return Err(malformed(format!("unknown filter {name:?}")));
     }
@@ -275,30 +290,8 @@ pub fn parse(policy_json: &str) -> Result<Policy, SeccompError> {
     }
     let allow = rules(allow)?;
 
-    let (enosys, errno) = match filters.remove(ENOSYS_FILTER) {
-        None => (Vec::new(), None),
-        Some(f) => {
-            let errno = f
-                .filter_action
-                .get("errno")
-                .and_then(Value::as_u64)
-                .and_then(|e| u32::try_from(e).ok());
-            match errno {
-                Some(e)
-                    if f.default_action == "allow"
-                        && f.filter_action.as_object().map(|m| m.len()) == Some(1) =>
-                {
-                    (rules(f)?, Some(e))
-                }
-                _ => {
-                    return Err(malformed(format!(
-                        "{ENOSYS_FILTER:?} must have default_action \"allow\" and \
-                         filter_action {{\"errno\": N}}"
-                    )))
-                }
-            }
-        }
-    };
+    let (enosys, errno) = errno_filter(filters.remove(ENOSYS_FILTER), ENOSYS_FILTER)?;
+    let (eperm, eperm_errno) = errno_filter(filters.remove(EPERM_FILTER), EPERM_FILTER)?;
 
     let execs: Vec<&Rule> = allow.iter().filter(|r| r.syscall == "execve").collect();
     match execs.as_slice() {
@@ -335,12 +328,42 @@ pub fn parse(policy_json: &str) -> Result<Policy, SeccompError> {
         allow,
         enosys,
         errno,
+        eperm,
+        eperm_errno,
     })
+}
+
+/// The rules and errno of an errno filter (`default_action` `allow`,
+/// `filter_action` `{"errno": N}`), or none if the policy has no `name`.
+fn errno_filter(
+    filter: Option<JsonFilter>,
+    name: &str,
+) -> Result<(Vec<Rule>, Option<u32>), SeccompError> {
+    let Some(f) = filter else {
+        return Ok((Vec::new(), None));
+    };
+    let errno = f
+        .filter_action
+        .get("errno")
+        .and_then(Value::as_u64)
+        .and_then(|e| u32::try_from(e).ok());
+    match errno {
+        Some(e)
+            if f.default_action == "allow"
+                && f.filter_action.as_object().map(|m| m.len()) == Some(1) =>
+        {
+            Ok((rules(f)?, Some(e)))
+        }
+        _ => Err(malformed(format!(
+            "{name:?} must have default_action \"allow\" and filter_action {{\"errno\": N}}"
+        ))),
+    }
 }
 
 /// Compiles the policy for x86_64 with the execve rule bound to
 /// `exec_path_addr` (the address of the path the jailer passes to
-/// `execve`): one program, the `qemu_enosys` part first.
+/// `execve`): one program, the `qemu_eperm` part first, then `qemu_enosys`,
+/// then the allow-list.
 pub fn compile(policy_json: &str, exec_path_addr: u64) -> Result<BpfProgram, SeccompError> {
     let policy = parse(policy_json)?;
     let mut doc: Value = serde_json::from_str(policy_json).map_err(SeccompError::Json)?;
@@ -367,6 +390,10 @@ pub fn compile(policy_json: &str, exec_path_addr: u64) -> Result<BpfProgram, Sec
     let program = match programs.remove(ENOSYS_FILTER) {
         Some(first) if !policy.enosys.is_empty() => chain(first, allow),
         _ => allow,
+    };
+    let program = match programs.remove(EPERM_FILTER) {
+        Some(first) if !policy.eperm.is_empty() => chain(first, program),
+        _ => program,
     };
     if program.len() > MAX_PROGRAM_LEN {
         return Err(SeccompError::TooLong(program.len()));
@@ -692,7 +719,8 @@ mod tests {
     }
 
     /// The compiled program with `exec`'s address, and the calls that
-    /// exercise every rule, in policy order (allow-list, then qemu_enosys).
+    /// exercise every rule, in policy order (allow-list, qemu_enosys,
+    /// qemu_eperm).
     /// `exit` and `exit_group` are not in the list: they are the children's
     /// ways out.
     fn plan(exec: &CString) -> (BpfProgram, Vec<Call>, Vec<String>) {
@@ -701,19 +729,21 @@ mod tests {
         let prog = compile(POLICY_JSON, exec_addr).expect("the policy compiles");
         let mut calls = Vec::new();
         let mut names = Vec::new();
-        let errno = policy.errno.map(|e| e as i32);
+        let enosys = policy.errno.map_or(libc::ENOSYS, |e| e as i32);
+        let eperm = policy.eperm_errno.map_or(libc::EPERM, |e| e as i32);
         let all = policy
             .allow
             .iter()
-            .map(|r| (r, false))
-            .chain(policy.enosys.iter().map(|r| (r, true)));
+            .map(|r| (r, None))
+            .chain(policy.enosys.iter().map(|r| (r, Some(enosys))))
+            .chain(policy.eperm.iter().map(|r| (r, Some(eperm))));
         for (i, (rule, fails)) in all.enumerate() {
             names.push(describe(rule));
-            if !fails && (rule.syscall == "exit" || rule.syscall == "exit_group") {
+            if fails.is_none() && (rule.syscall == "exit" || rule.syscall == "exit_group") {
                 continue;
             }
-            let expect = if fails {
-                Expect::Errno(errno.unwrap_or(libc::ENOSYS))
+            let expect = if let Some(errno) = fails {
+                Expect::Errno(errno)
             } else {
                 match rule.syscall.as_str() {
                     "rt_sigreturn" => Expect::SignalReturn,
@@ -981,7 +1011,12 @@ mod tests {
     fn every_entry_says_why_qemu_needs_it() {
         let policy = parse(POLICY_JSON).unwrap();
         assert!(!policy.allow.is_empty());
-        for r in policy.allow.iter().chain(&policy.enosys) {
+        for r in policy
+            .allow
+            .iter()
+            .chain(&policy.enosys)
+            .chain(&policy.eperm)
+        {
             assert!(
                 r.comment.trim().len() >= 10,
                 "{}: the comment must say why QEMU needs it",
@@ -1014,6 +1049,26 @@ mod tests {
             ["clone3", "io_uring_setup"]
         );
         assert_eq!(parse(POLICY_JSON).unwrap().errno, Some(libc::ENOSYS as u32));
+        // The setuid/setgid refusals cover every mode-setting call the
+        // allow-list has, and nothing else.
+        let policy = parse(POLICY_JSON).unwrap();
+        assert_eq!(policy.eperm_errno, Some(libc::EPERM as u32));
+        let eperm: BTreeSet<&str> = policy.eperm.iter().map(|r| r.syscall.as_str()).collect();
+        assert_eq!(eperm, BTreeSet::from(["chmod", "mknodat", "openat"]));
+        for mode_setter in [
+            "fchmod",
+            "fchmodat",
+            "fchmodat2",
+            "open",
+            "creat",
+            "mknod",
+            "openat2",
+        ] {
+            assert!(
+                !allowed.iter().any(|a| a == mode_setter),
+                "{mode_setter} sets a mode: allow it only with a qemu_eperm rule"
+            );
+        }
     }
 
     #[test]
@@ -1051,6 +1106,39 @@ mod tests {
             | libc::CLONE_PARENT_SETTID
             | libc::CLONE_CHILD_CLEARTID;
         assert_eq!(vals("clone", 0), [(CmpOp::Eq, thread as u64)]);
+
+        let eperm = |name: &str| -> Vec<Vec<(u8, CmpOp, u64)>> {
+            policy
+                .eperm
+                .iter()
+                .filter(|r| r.syscall == name)
+                .map(|r| {
+                    r.conditions
+                        .iter()
+                        .map(|c| (c.index, c.op, c.val))
+                        .collect()
+                })
+                .collect()
+        };
+        let bit = |index: u8, b: u32| (index, CmpOp::MaskedEq(u64::from(b)), u64::from(b));
+        let (suid, sgid) = (libc::S_ISUID, libc::S_ISGID);
+        assert_eq!(eperm("chmod"), [vec![bit(1, suid)], vec![bit(1, sgid)]]);
+        assert_eq!(eperm("mknodat"), [vec![bit(2, suid)], vec![bit(2, sgid)]]);
+        let (creat, tmpfile) = (libc::O_CREAT as u32, 0o20000000u32);
+        assert_eq!(
+            eperm("openat"),
+            [
+                vec![bit(2, creat), bit(3, suid)],
+                vec![bit(2, creat), bit(3, sgid)],
+                vec![bit(2, tmpfile), bit(3, suid)],
+                vec![bit(2, tmpfile), bit(3, sgid)],
+            ]
+        );
+        assert!(policy
+            .eperm
+            .iter()
+            .flat_map(|r| &r.conditions)
+            .all(|c| c.len == ArgLen::Dword));
     }
 
     // --- (b) every rule, with allowed arguments, under the filter -------------
@@ -1211,30 +1299,33 @@ mod tests {
     }
 
     #[test]
-    fn the_enosys_part_cannot_allow_anything() {
-        // A first filter that would allow everything, chained before a
-        // deny-all one, allows nothing: its allows became jumps.
+    fn the_errno_parts_cannot_allow_anything() {
+        // Errno filters that would allow everything, chained before a
+        // deny-all one, allow nothing: their allows became jumps.
         let json = r#"{
             "qemu": {"default_action": "kill_process", "filter_action": "allow", "filter": [
                 {"syscall": "execve", "args": [{"index": 0, "type": "qword", "op": "eq", "val": 0}]},
                 {"syscall": "exit_group", "comment": "the way out"},
                 {"syscall": "write", "comment": "reports"}]},
             "qemu_enosys": {"default_action": "allow", "filter_action": {"errno": 38}, "filter": [
-                {"syscall": "getppid", "comment": "fails"}]}
+                {"syscall": "getppid", "comment": "fails"}]},
+            "qemu_eperm": {"default_action": "allow", "filter_action": {"errno": 1}, "filter": [
+                {"syscall": "getpgid", "comment": "fails"}]}
         }"#;
         let prog = compile(json, 1).unwrap();
         let status = in_child(|| probe(&prog, libc::SYS_getpid, [0; 6]));
         assert!(killed_by_sigsys(status), "getpid: {}", status_text(status));
-        // getppid fails with ENOSYS, and the child goes on to exit_group.
+        // getppid fails with ENOSYS, getpgid with EPERM, and the child goes
+        // on to exit_group.
         let status = in_child(|| {
             child_setup(&prog);
             // SAFETY: getppid takes no arguments.
             let r = unsafe { libc::syscall(libc::SYS_getppid) };
-            let code = if r == -1 && errno() == libc::ENOSYS {
-                0
-            } else {
-                5
-            };
+            let enosys = r == -1 && errno() == libc::ENOSYS;
+            // SAFETY: getpgid(0) reads the caller's process group.
+            let r = unsafe { libc::syscall(libc::SYS_getpgid, 0) };
+            let eperm = r == -1 && errno() == libc::EPERM;
+            let code = if enosys && eperm { 0 } else { 5 };
             // SAFETY: exit_group ends the process.
             unsafe { libc::syscall(libc::SYS_exit_group, code) };
             exit_now(6)
@@ -1244,6 +1335,169 @@ mod tests {
             "getppid: {}",
             status_text(status)
         );
+    }
+
+    // --- (c2) setuid and setgid modes fail with EPERM ---------------------------
+
+    /// What a compromised or guest-driven QEMU can do to modes on a share,
+    /// as the 9p server does it (traced: chmod of /proc/self/fd/N with the
+    /// file type bits, openat with O_CREAT and the guest's mode, mknodat of
+    /// a FIFO), each on a path of a host temp dir. The test runs as root,
+    /// so without the filter every setuid/setgid call would succeed.
+    #[test]
+    fn setuid_and_setgid_modes_fail_with_eperm_and_plain_modes_pass() {
+        let exec = CString::new("/nonexistent/mu2-seccomp-test/qemu").unwrap();
+        let prog = compile(POLICY_JSON, exec.as_ptr() as u64).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| CString::new(dir.path().join(name).to_str().unwrap()).unwrap();
+        let (file, fresh, suid_new, fifo_bad, fifo_ok, here) = (
+            path("f"),
+            path("fresh"),
+            path("suid"),
+            path("fifo-suid"),
+            path("fifo"),
+            path(""),
+        );
+        std::fs::write(dir.path().join("f"), b"").unwrap();
+        let p = |c: &CString| c.as_ptr() as u64;
+        let cwd = libc::AT_FDCWD as u64;
+        let wr_creat = (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC) as u64;
+        let tmpfile = (libc::O_WRONLY | libc::O_TMPFILE | libc::O_CLOEXEC) as u64;
+        let fifo = u64::from(libc::S_IFIFO);
+        let eperm = -libc::EPERM;
+        // (what, syscall, args, want: Some(-errno) or None for success)
+        let calls: Vec<(&str, libc::c_long, [u64; 6], Option<i32>)> = vec![
+            (
+                "chmod 04755",
+                nr("chmod"),
+                [p(&file), 0o4755, 0, 0, 0, 0],
+                Some(eperm),
+            ),
+            (
+                "chmod 02755",
+                nr("chmod"),
+                [p(&file), 0o2755, 0, 0, 0, 0],
+                Some(eperm),
+            ),
+            (
+                "chmod 06755",
+                nr("chmod"),
+                [p(&file), 0o6755, 0, 0, 0, 0],
+                Some(eperm),
+            ),
+            (
+                "chmod S_IFREG|04755",
+                nr("chmod"),
+                [p(&file), 0o104755, 0, 0, 0, 0],
+                Some(eperm),
+            ),
+            (
+                "chmod 01755",
+                nr("chmod"),
+                [p(&file), 0o1755, 0, 0, 0, 0],
+                None,
+            ),
+            (
+                "chmod 0755",
+                nr("chmod"),
+                [p(&file), 0o755, 0, 0, 0, 0],
+                None,
+            ),
+            (
+                "openat O_CREAT 04755",
+                nr("openat"),
+                [cwd, p(&suid_new), wr_creat, 0o4755, 0, 0],
+                Some(eperm),
+            ),
+            (
+                "openat O_CREAT 02755",
+                nr("openat"),
+                [cwd, p(&suid_new), wr_creat, 0o2755, 0, 0],
+                Some(eperm),
+            ),
+            (
+                "openat O_TMPFILE 04755",
+                nr("openat"),
+                [cwd, p(&here), tmpfile, 0o4755, 0, 0],
+                Some(eperm),
+            ),
+            (
+                "openat O_CREAT 0644",
+                nr("openat"),
+                [cwd, p(&fresh), wr_creat, 0o644, 0, 0],
+                None,
+            ),
+            // Without O_CREAT the kernel ignores the mode.
+            (
+                "openat O_RDONLY, mode 04755",
+                nr("openat"),
+                [cwd, p(&file), libc::O_RDONLY as u64, 0o4755, 0, 0],
+                None,
+            ),
+            (
+                "mknodat S_IFIFO|04644",
+                nr("mknodat"),
+                [cwd, p(&fifo_bad), fifo | 0o4644, 0, 0, 0],
+                Some(eperm),
+            ),
+            (
+                "mknodat S_IFIFO|02644",
+                nr("mknodat"),
+                [cwd, p(&fifo_bad), fifo | 0o2644, 0, 0, 0],
+                Some(eperm),
+            ),
+            (
+                "mknodat S_IFIFO|0644",
+                nr("mknodat"),
+                [cwd, p(&fifo_ok), fifo | 0o644, 0, 0, 0],
+                None,
+            ),
+        ];
+        let (r, w) = pipe();
+        let status = in_child(|| {
+            child_setup(&prog);
+            for (i, (_, nr, args, _)) in calls.iter().enumerate() {
+                // SAFETY: paths in the test's temp dir, plain flags and modes.
+                let ret = unsafe { raw(*nr, *args) };
+                let value = if ret == -1 { -errno() } else { ret as i32 };
+                report(w, i, 0, value);
+            }
+            // SAFETY: exit_group(0) ends the process.
+            unsafe { libc::syscall(libc::SYS_exit_group, 0) };
+            exit_now(4)
+        });
+        close(w);
+        let records = read_all(r);
+        close(r);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child {}",
+            status_text(status)
+        );
+        assert_eq!(records.len(), calls.len() * RECORD);
+        for (rec, (what, _, _, want)) in records.chunks_exact(RECORD).zip(&calls) {
+            let value = i32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
+            match want {
+                Some(e) => assert_eq!(value, *e, "{what}"),
+                None => assert!(value >= 0, "{what}: {value}"),
+            }
+        }
+        // On the host: the plain chmod took, nothing setuid or setgid exists.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |name: &str| {
+            std::fs::symlink_metadata(dir.path().join(name))
+                .map(|m| m.permissions().mode() & 0o7777)
+                .ok()
+        };
+        assert_eq!(mode("f"), Some(0o755));
+        assert_eq!(mode("suid"), None);
+        assert_eq!(mode("fifo-suid"), None);
+        // (Their permission bits are the umask's business.)
+        assert!(mode("fifo").is_some() && mode("fresh").is_some());
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let m = e.unwrap().metadata().unwrap().permissions().mode();
+            assert_eq!(m & 0o6000, 0, "a setuid/setgid file was made");
+        }
     }
 
     // --- (d) policies compile refuses -----------------------------------------
@@ -1311,6 +1565,14 @@ mod tests {
         assert!(matches!(
             compile(&enosys_allows, 1).unwrap_err(),
             SeccompError::Malformed(_)
+        ));
+        let eperm_allows = format!(
+            r#"{{"qemu": {{"default_action": "kill_process", "filter_action": "allow", "filter": [{EXEC}]}},
+                "qemu_eperm": {{"default_action": "kill_process", "filter_action": "allow", "filter": [{READ}]}}}}"#
+        );
+        assert!(matches!(
+            compile(&eperm_allows, 1).unwrap_err(),
+            SeccompError::Malformed(m) if m.contains("qemu_eperm")
         ));
         let unknown = with_filter(&format!(r#"{EXEC}, {{"syscall": "no_such_syscall"}}"#));
         assert!(matches!(

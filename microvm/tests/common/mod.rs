@@ -5,7 +5,7 @@ use std::path::Path;
 
 use mu2_microvm::jail::JailMode;
 use mu2_microvm::record::{Owner, OwnerKind};
-use mu2_microvm::spec::{DEFAULT_READY_TIMEOUT, DEFAULT_TB_SIZE_MIB};
+use mu2_microvm::spec::DEFAULT_TB_SIZE_MIB;
 use mu2_microvm::{AccelChoice, Share, VmSpec};
 
 /// A 256 MiB, 1-vCPU VM with a read-only rootfs share of /usr/share/doc.
@@ -23,7 +23,7 @@ pub fn spec(id: &str, kernel: &Path, initrd: &Path, jail: JailMode) -> VmSpec {
             host_path: "/usr/share/doc".into(),
             readonly: true,
         }],
-        ready_timeout: DEFAULT_READY_TIMEOUT,
+        deadlines: mu2_microvm::Deadlines::default(),
         tb_size_mib: DEFAULT_TB_SIZE_MIB,
         debug: false,
         jail,
@@ -40,5 +40,43 @@ pub fn jail_mode() -> JailMode {
             JailMode::Jailed(c)
         }
         disabled => disabled,
+    }
+}
+
+/// Runs `run` to its end in `vm` as the shim and `mu2 run` do — Run,
+/// Prepared, Start, Started, Exit — and acknowledges the exit (the test
+/// reads no output: it has none to wait for). Panics on anything else.
+#[allow(dead_code)]
+pub fn run_to_exit(vm: &mut mu2_microvm::Vm, run: mu2_protocol::Run) -> mu2_protocol::Exit {
+    use mu2_microvm::AgentEvent;
+    use mu2_protocol::{GuestMsg, HostMsg};
+    let deadline = || Some(std::time::Instant::now() + std::time::Duration::from_secs(120));
+    let sender = vm.sender();
+    sender.send(&HostMsg::Run(Box::new(run))).unwrap();
+    for (request, want) in [(Some(HostMsg::Start), "Prepared"), (None, "Started")] {
+        match vm.next_event(deadline()) {
+            Some(AgentEvent::Msg(GuestMsg::Prepared { .. })) if want == "Prepared" => {}
+            Some(AgentEvent::Msg(GuestMsg::Started { .. })) if want == "Started" => {}
+            other => panic!(
+                "{want} expected, got {other:?}; console:\n{}",
+                vm.console_tail(20)
+            ),
+        }
+        if let Some(r) = request {
+            sender.send(&r).unwrap();
+        }
+    }
+    sender
+        .send(&HostMsg::StdinClose { total_bytes: 0 })
+        .unwrap();
+    match vm.next_event(deadline()) {
+        Some(AgentEvent::Msg(GuestMsg::Exit(e))) => {
+            sender.send(&HostMsg::ExitAck).unwrap();
+            e
+        }
+        other => panic!(
+            "Exit expected, got {other:?}; console:\n{}",
+            vm.console_tail(20)
+        ),
     }
 }

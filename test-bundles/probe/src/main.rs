@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: mu2-probe segv | alloc MB | urandom N | ids | pid | rlimit NAME | nnp | winsize | write-stdout MIB | sleep SECS";
+const USAGE: &str = "usage: mu2-probe segv | alloc MB | urandom N | ids | pid | rlimit NAME | nnp | winsize | write-stdout MIB | sleep SECS | setxattr PATH NAME HEX";
 
 nix::ioctl_read_bad!(tiocgwinsz, nix::libc::TIOCGWINSZ, nix::pty::Winsize);
 
@@ -62,6 +62,7 @@ fn run(args: &[&str]) -> Result<(), String> {
             out(&format!("{rows} {cols}\n"))
         }
         ["write-stdout", mib] => write_stdout(num(mib)?),
+        ["setxattr", path, name, hex] => setxattr(path, name, &unhex(hex)?),
         ["sleep", secs] => {
             std::thread::sleep(std::time::Duration::from_secs(num(secs)?));
             Ok(())
@@ -164,6 +165,46 @@ fn winsize() -> Result<(u16, u16), String> {
     Ok((ws.ws_row, ws.ws_col))
 }
 
+fn unhex(hex: &str) -> Result<Vec<u8>, String> {
+    if !hex.len().is_multiple_of(2) {
+        return Err(format!("{hex:?} is not hex bytes"));
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                .ok_or_else(|| format!("{hex:?} is not hex bytes"))
+        })
+        .collect()
+}
+
+/// Sets extended attribute `name` of `path` (not following a symlink) to
+/// `value`: busybox has no setfattr.
+#[allow(unsafe_code)]
+fn setxattr(path: &str, name: &str, value: &[u8]) -> Result<(), String> {
+    let c = |s: &str| std::ffi::CString::new(s).map_err(|_| format!("{s:?} holds a NUL"));
+    let (cpath, cname) = (c(path)?, c(name)?);
+    // SAFETY: two NUL-terminated strings and a slice that outlive the call;
+    // the kernel only reads them.
+    let r = unsafe {
+        nix::libc::lsetxattr(
+            cpath.as_ptr(),
+            cname.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "setxattr {path} {name}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 /// Byte `i` of the `write-stdout` stream; the host recomputes it.
 pub fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(7).wrapping_add(i / 251)) as u8
@@ -207,5 +248,7 @@ mod tests {
         assert!(resource("bogus").is_err());
         assert!(run(&["nope"]).is_err());
         assert!(run(&["alloc", "x"]).is_err());
+        assert_eq!(unhex("0100ff").unwrap(), [1, 0, 255]);
+        assert!(unhex("0").is_err() && unhex("zz").is_err());
     }
 }
