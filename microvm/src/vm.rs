@@ -815,6 +815,10 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
+        // The reader may be blocked handing a message to a full queue
+        // (a flooding guest): its receiver must go before it is joined.
+        let (_, closed) = mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.events, closed));
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -3,6 +3,8 @@
 //! behind (VMM cgroups, jails).
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod ctd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
