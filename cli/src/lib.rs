@@ -1,8 +1,10 @@
 //! The `mu2` command: run an OCI bundle in a fresh microVM without
-//! containerd (`mu2 run`, runc-like) and diagnose a host (`mu2 check`).
+//! containerd (`mu2 run`, runc-like), diagnose a host (`mu2 check`), list
+//! the host's VMs (`mu2 ps`) and collect what dead owners left (`mu2 gc`).
 
 #![deny(unsafe_code)]
 
 pub mod check;
 pub mod run;
 mod tty;
+pub mod vms;

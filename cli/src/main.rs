@@ -54,6 +54,15 @@ enum Command {
         #[arg(long)]
         guest_dir: Option<PathBuf>,
     },
+    /// List this host's VMs, from their ownership records.
+    Ps,
+    /// Collect what owners that died left: kill their VMMs, remove their
+    /// cgroups, jails, uid claims and records; one line per VM.
+    Gc {
+        /// Only list what would be collected.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -96,12 +105,27 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ps => vms_command(mu2_cli::vms::ps),
+        Command::Gc { dry_run } => vms_command(|out| mu2_cli::vms::gc(dry_run, out)),
         Command::Check { guest_dir } => {
             if mu2_cli::check::check(guest_dir.as_deref()) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+fn vms_command(
+    f: impl FnOnce(&mut std::io::StdoutLock<'static>) -> Result<(), mu2_cli::vms::VmsError>,
+) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("MU2_LOG", "warn")).init();
+    match f(&mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mu2: {}", mu2_microvm::describe_error(&e));
+            ExitCode::FAILURE
         }
     }
 }

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use mu2_microvm::record::{Owner, OwnerKind};
 use mu2_microvm::relay::{Drain, DrainWatch, OutputRelay};
 use mu2_microvm::vm::{describe_msg, ControlSender, CONSOLE_TAIL_LINES};
 use mu2_microvm::{
@@ -161,6 +162,7 @@ pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
         opts.accel.resolve(),
         jail,
         deadlines,
+        Owner::this_process(OwnerKind::Run),
     );
     spec.debug = opts.debug;
     let terminal = plan.run.process.terminal;

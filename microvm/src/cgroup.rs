@@ -5,7 +5,9 @@
 //! overhead), CPU (a CFS quota of vCPUs + 1 for QEMU's I/O thread), pids,
 //! and the freezer that pauses the whole VM. QEMU joins it between fork and
 //! exec (writing 0 to `cgroup.procs` moves the writer), so every thread it
-//! ever creates is inside. The cgroup is removed once QEMU is reaped.
+//! ever creates is inside. The cgroup is removed once QEMU is reaped; what
+//! an owner that died left is removed through the VM's record
+//! ([`crate::record`]), never by matching names.
 //!
 //! Both layouts are handled: the unified v2 hierarchy, and the v1
 //! per-controller hierarchies that some hosts (these among them) still
@@ -456,7 +458,9 @@ impl VmCgroup {
         // A frozen cgroup must be thawed for its dying tasks to leave.
         let _ = self.thaw();
         for dir in &self.dirs {
-            rmdir_retrying(dir);
+            if let Err(e) = rmdir_retrying(dir, RMDIR_PATIENCE) {
+                log::warn!("cgroup {} could not be removed: {e}", dir.display());
+            }
         }
     }
 }
@@ -467,17 +471,22 @@ impl Drop for VmCgroup {
     }
 }
 
+/// How long a reaped VMM's cgroup may take to empty.
+const RMDIR_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Removes a cgroup directory; its last tasks may take a moment to leave.
-fn rmdir_retrying(dir: &Path) -> bool {
-    for _ in 0..200 {
+fn rmdir_retrying(dir: &Path, within: Duration) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
         match fs::remove_dir(dir) {
-            Ok(()) => return true,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => return Err(e),
         }
     }
-    log::warn!("cgroup {} could not be removed", dir.display());
-    false
 }
 
 /// The hierarchy roots of this host's layout.
@@ -502,31 +511,18 @@ fn roots() -> Vec<PathBuf> {
     }
 }
 
-/// Removes the cgroups that an owner which died without cleaning up (a
-/// SIGKILLed shim) left for VM `id` and for the VMs named `id.*` (its
-/// execs). Its VMMs died with it; a frozen cgroup is thawed first. Returns
-/// how many directories were removed.
-pub fn remove_left_behind(id: &str) -> usize {
-    let mut removed = 0;
-    let exec_prefix = format!("{id}.");
-    for root in roots() {
-        let Ok(rd) = fs::read_dir(root.join(PARENT)) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let dir = e.path();
-            if (name != id && !name.starts_with(&exec_prefix)) || !dir.is_dir() {
-                continue;
-            }
-            let _ = fs::write(dir.join("cgroup.freeze"), "0");
-            let _ = fs::write(dir.join("freezer.state"), "THAWED");
-            if rmdir_retrying(&dir) {
-                removed += 1;
-            }
-        }
-    }
-    removed
+/// Thaws the cgroup directory `dir` of a VMM, whichever layout it is in
+/// (v2 `cgroup.freeze`, v1 `freezer.state`; the other file is absent): a
+/// frozen task does not die of SIGKILL until it is thawed.
+pub(crate) fn thaw_dir(dir: &Path) {
+    let _ = fs::write(dir.join("cgroup.freeze"), "0");
+    let _ = fs::write(dir.join("freezer.state"), "THAWED");
+}
+
+/// Removes the cgroup directory of a VMM that is gone, retrying for up to
+/// `within` while its last tasks leave.
+pub(crate) fn remove_dir(dir: &Path, within: Duration) -> io::Result<()> {
+    rmdir_retrying(dir, within)
 }
 
 /// Every cgroup directory a VM of this id would have, whether or not it

@@ -11,7 +11,8 @@
 //!
 //! [`guest`] finds the installed guest image;
 //! [`accel`] decides between KVM and TCG; [`cgroup`] holds each VMM in a
-//! host cgroup of its own (limits, statistics, pause).
+//! host cgroup of its own (limits, statistics, pause); [`record`] keeps the
+//! ownership record of every VM, by which leftovers are collected.
 
 pub mod accel;
 pub mod cgroup;
@@ -20,6 +21,7 @@ pub mod deadlines;
 pub mod guest;
 pub mod jail;
 pub mod qemu;
+pub mod record;
 pub mod relay;
 pub mod spec;
 mod sys;

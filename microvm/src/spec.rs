@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::accel::Accel;
 use crate::deadlines::Deadlines;
 use crate::jail::JailMode;
+use crate::record::Owner;
 
 /// The QEMU binary, looked up in PATH, unless configured otherwise.
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
@@ -48,6 +49,8 @@ pub struct VmSpec {
     pub debug: bool,
     /// The jail QEMU runs in (docs/jailer.md), or its explicit absence.
     pub jail: JailMode,
+    /// Who owns the VM, for its record ([`crate::record`]).
+    pub owner: Owner,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -149,7 +152,9 @@ pub(crate) mod tests {
             debug: false,
             jail: JailMode::Disabled {
                 source: "/test".into(),
+                record_dir: crate::record::DEFAULT_RECORD_DIR.into(),
             },
+            owner: Owner::this_process(crate::record::OwnerKind::Test),
         }
     }
 

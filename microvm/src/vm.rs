@@ -40,6 +40,7 @@ use crate::console::ConsoleTail;
 use crate::deadlines::Deadlines;
 use crate::jail::{self, JailError, JailMode, JailRequest, JailResources};
 use crate::qemu::{self, ChannelFds};
+use crate::record::{self, RecordError, RecordGuard};
 use crate::spec::{SpecError, VmSpec};
 
 /// How long a jailer has to kill and reap QEMU after SIGTERM.
@@ -62,6 +63,12 @@ pub enum VmError {
         id: String,
         #[source]
         source: CgroupError,
+    },
+    #[error("cannot claim vm id {id}")]
+    Record {
+        id: String,
+        #[source]
+        source: RecordError,
     },
     #[error("cannot create the channels of vm {id}")]
     Channel {
@@ -228,6 +235,8 @@ pub struct Vm {
     // Removed by Drop for Vm once QEMU is reaped; shared with
     // [`CgroupHandle`]s, which then fail.
     cgroup: Arc<VmCgroup>,
+    /// The VM's ownership record, released once all of it is gone.
+    record: RecordGuard,
 }
 
 struct Pair {
@@ -286,20 +295,19 @@ impl Vm {
     fn launch_once(spec: &VmSpec) -> Result<Vm, VmError> {
         let started = Instant::now();
         let id = spec.id.clone();
-        if let JailMode::Jailed(cfg) = &spec.jail {
-            // Before this VM's cgroup exists: a dead owner's VM may have had
-            // the same name.
-            let swept = jail::sweep(cfg);
-            if swept > 0 {
-                log::info!("swept {swept} jail(s) left by owners that died");
-            }
-        }
+        // Before anything of the VM exists: the record claims its id (and
+        // collects what dead owners left).
+        let mut record = record::claim_for(spec).map_err(|source| VmError::Record {
+            id: id.clone(),
+            source,
+        })?;
         let cgroup = VmCgroup::create(&id, Limits::for_vm(spec.memory_mib, spec.vcpus)).map_err(
             |source| VmError::Cgroup {
                 id: id.clone(),
                 source,
             },
         )?;
+        record.set_cgroups(cgroup.dirs());
         let cgroup = Arc::new(cgroup);
         let channel_err = |source| VmError::Channel {
             id: id.clone(),
@@ -390,6 +398,10 @@ impl Vm {
                 (j.jailer, j.pid, Some(j.resources), j.stderr)
             }
         };
+        record.set_vmm(qemu_pid, jail.as_ref().map(|_| child.id()));
+        if let Some(j) = &jail {
+            record.set_jail(&j.dir, j.claim_path());
+        }
         // QEMU holds its ends now; ours must go so that QEMU's exit reads
         // as EOF here.
         drop((
@@ -408,6 +420,7 @@ impl Vm {
             qemu_stderr,
             ends,
             cgroup,
+            record,
         )
     }
 
@@ -423,6 +436,7 @@ impl Vm {
         qemu_stderr: Option<std::process::ChildStderr>,
         ends: HostEnds,
         cgroup: Arc<VmCgroup>,
+        record: RecordGuard,
     ) -> Result<Vm, VmError> {
         let id = spec.id.clone();
         let qemu = match vmm_pidfd(&mut child, qemu_pid, jail.is_some()) {
@@ -479,6 +493,7 @@ impl Vm {
             deadlines: spec.deadlines,
             kill,
             cgroup,
+            record,
         };
         match vm.await_ready(spec.deadlines.ready, started) {
             Ok(ready) => {
@@ -808,6 +823,8 @@ impl Drop for Vm {
             let _ = t.join();
         }
         self.cgroup.remove();
+        drop(self.jail.take());
+        self.record.release();
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use mu2_microvm::record::{OwnerKind, RecordDir, RecordError, State};
 use mu2_microvm::{cgroup, GuestImage, Vm, VmError, VmSpec};
 
 mod common;
@@ -84,11 +85,33 @@ fn boots_to_agent_ready_and_is_reaped_on_drop() {
     );
     let dirs = vm.cgroup_dirs().to_vec();
     assert!(dirs.iter().all(|d| d.is_dir()));
+    // Its record names this process as the owner, QEMU and the cgroups.
+    let s = spec(&id, &img.kernel, &img.initrd);
+    let records = RecordDir::for_mode(&s.jail);
+    let r = records.read(&id).unwrap().expect("the running VM's record");
+    assert_eq!(r.owner.pid, std::process::id());
+    assert_eq!(r.owner.kind, OwnerKind::Test);
+    assert_eq!(r.vmm.as_ref().map(|v| v.qemu.pid), Some(pid));
+    assert_eq!(r.state(), State::Running);
+    assert_eq!(r.cgroups, dirs);
+    // The id is taken host-wide: a second VM of the same id is refused,
+    // naming the owner, and the first is untouched.
+    match Vm::launch(&s) {
+        Err(VmError::Record {
+            source: RecordError::InUse { owner, .. },
+            ..
+        }) => assert!(owner.contains(&format!("test pid {}", std::process::id()))),
+        Err(e) => panic!("expected the id in use, got {e}"),
+        Ok(_) => panic!("a second VM got a running VM's id"),
+    }
+    assert_eq!(qemu_of(&id), vec![pid]);
+    assert!(dirs.iter().all(|d| d.is_dir()));
     drop(vm);
     assert!(qemu_of(&id).is_empty(), "qemu survived its Vm");
     for d in dirs {
         assert!(!d.exists(), "cgroup {} survived its Vm", d.display());
     }
+    assert!(records.read(&id).unwrap().is_none(), "the record survived");
 }
 
 #[test]
@@ -174,6 +197,7 @@ fn a_guest_that_never_gets_ready_is_killed_at_the_deadline() {
     }
     assert!(qemu_of(&id).is_empty(), "qemu survived the deadline");
     assert!(cgroup::paths_for(&id).iter().all(|d| !d.exists()));
+    assert!(RecordDir::for_mode(&s.jail).read(&id).unwrap().is_none());
 }
 
 #[test]

@@ -19,6 +19,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use mu2_microvm::jail::{self, JailConfig, JailError, JailMode, JailRequest};
+use mu2_microvm::record::{self, Filter, GcOptions, OwnerKind, RecordDir};
 use mu2_microvm::{cgroup, GuestImage, Vm, VmError, VmSpec};
 
 mod common;
@@ -50,7 +51,7 @@ fn jail_config() -> JailConfig {
             );
             c
         }
-        JailMode::Disabled { source } => {
+        JailMode::Disabled { source, .. } => {
             panic!(
                 "the jail is disabled in {}: nothing to test",
                 source.display()
@@ -184,7 +185,7 @@ fn exists_nofollow(p: &Path) -> bool {
 }
 
 /// Nothing of VM `id` remains: no QEMU, no jail directory, no id claim, no
-/// cgroup.
+/// cgroup, no record.
 fn assert_nothing_left(cfg: &JailConfig, id: &str) {
     assert!(qemu_of(id).is_empty(), "a QEMU of {id} survived");
     let dir = jail::jail_dir(cfg, id);
@@ -193,6 +194,11 @@ fn assert_nothing_left(cfg: &JailConfig, id: &str) {
     for d in cgroup::paths_for(id) {
         assert!(!d.exists(), "cgroup {} survived", d.display());
     }
+    let records = RecordDir::for_mode(&JailMode::Jailed(cfg.clone()));
+    assert!(
+        records.read(id).unwrap().is_none(),
+        "the record of {id} survived"
+    );
 }
 
 const NO_CAPS: &str = "0000000000000000";
@@ -796,25 +802,27 @@ mod jail_released_on_every_end {
         }
         let claimed_after = jail::ids::is_claimed(&cfg.claim_dir, first);
         // What a crash leaves (the jail dir, the unlocked claim file, the
-        // cgroups) is cleaned by the shim's delete action
-        // (remove_left_behind) or by the next launch's sweep; a VM another
-        // test launches meanwhile may already have swept it.
-        if stop_qemu {
-            // As the next launches would: sweep until the VMM is all gone.
-            wait_until(Duration::from_secs(10), || {
-                jail::sweep(&cfg);
-                jail::leftovers(&cfg, &id).is_empty()
-            });
-        } else {
-            let removed = jail::remove_left_behind(&cfg, &id);
-            assert!(removed <= 2, "removed {removed} things for one VM");
-            cgroup::remove_left_behind(&id);
+        // cgroups) is in the VM's record, whose owner is now dead; the
+        // collection (`mu2 gc`, the shim's delete action, or a launch,
+        // which another test may run meanwhile) takes it apart.
+        let records = RecordDir::for_mode(&JailMode::Jailed(cfg.clone()));
+        if let Some(r) = records.read(&id).unwrap() {
+            assert!(r.abandoned(), "the dead owner's record is not abandoned");
+            assert_eq!(r.owner.kind, OwnerKind::Test);
         }
+        let opts = GcOptions {
+            wait: record::GC_WAIT,
+            dry_run: false,
+        };
+        wait_until(Duration::from_secs(20), || {
+            let report = records.collect(&Filter::Id(id.clone()), &opts);
+            report.entries.iter().all(|e| e.kept.is_none()) && records.read(&id).unwrap().is_none()
+        });
         assert!(qemu_gone, "{evidence}");
         assert!(jailer_gone, "the jailer survived its owner");
         assert!(!claimed_after, "the ids stay claimed after the VMM died");
         assert_nothing_left(&cfg, &id);
-        assert_eq!(jail::remove_left_behind(&cfg, &id), 0);
+        assert!(records.read(&id).unwrap().is_none(), "its record stayed");
     }
 
     /// The owner dies while the guest runs (its agent powers the VM off

@@ -76,8 +76,12 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The spec of VM `id` that runs this plan on `image`, with the default
-    /// deadline and translation cache, and a quiet console.
+    /// The spec of VM `id`, owned by `owner`, that runs this plan on
+    /// `image`, with the default deadline and translation cache, and a
+    /// quiet console.
+    // Each argument is one independent fact of the host or the caller
+    // (what the image is, which QEMU, accelerator, jail, deadlines, owner).
+    #[allow(clippy::too_many_arguments)]
     pub fn vm_spec(
         &self,
         id: String,
@@ -86,6 +90,7 @@ impl Plan {
         accel: Accel,
         jail: mu2_microvm::jail::JailMode,
         deadlines: mu2_microvm::Deadlines,
+        owner: mu2_microvm::record::Owner,
     ) -> VmSpec {
         VmSpec {
             id,
@@ -100,6 +105,7 @@ impl Plan {
             tb_size_mib: DEFAULT_TB_SIZE_MIB,
             debug: false,
             jail,
+            owner,
         }
     }
 }

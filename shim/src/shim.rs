@@ -74,31 +74,41 @@ impl containerd_shim::Shim for Service {
         Ok(address)
     }
 
-    /// containerd runs this after a shim died. QEMU died with it (its
-    /// parent-death signal); what is left on the host is the rootfs mount
-    /// and the shim's socket, the VMMs' cgroups and their jails'
-    /// directories and claim files.
+    /// containerd runs this when it has given up on a shim: after the shim
+    /// died, and also when it cannot reach one that may still live (after
+    /// containerd's own restart). So it ends the container's VMs, not only
+    /// what they left: exactly the VMs whose records name this container
+    /// in this namespace (never a name prefix: `web` is not `web.1`) are
+    /// killed if they still run, and their cgroups, jails, uid claims and
+    /// records removed; then the rootfs is unmounted.
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
+        use mu2_microvm::record::{Filter, GcOptions, RecordDir, GC_WAIT};
         log::info!("delete action for {} in {}", self.id, self.bundle.display());
-        crate::mount::unmount_rootfs(&self.bundle);
-        let vm = crate::task::vm_id(&self.id, "");
-        let n = mu2_microvm::cgroup::remove_left_behind(&vm);
-        // The jails' claims were released by the kernel when the VMMs died;
-        // their directories and claim files stay until removed here.
-        let j = match mu2_microvm::jail::JailMode::load() {
-            Ok(mu2_microvm::jail::JailMode::Jailed(cfg)) => {
-                mu2_microvm::jail::remove_left_behind(&cfg, &vm)
-            }
-            Ok(_) => 0,
+        let records = match mu2_microvm::jail::JailMode::load() {
+            Ok(mode) => RecordDir::for_mode(&mode),
             Err(e) => {
-                log::warn!("delete action for {}: {e}", self.id);
-                0
+                log::warn!(
+                    "delete action for {}: {}; using {}",
+                    self.id,
+                    mu2_microvm::describe_error(&e),
+                    mu2_microvm::record::DEFAULT_RECORD_DIR
+                );
+                RecordDir::new(mu2_microvm::record::DEFAULT_RECORD_DIR)
             }
         };
-        log::info!(
-            "delete action for {}: removed {n} cgroup(s) and {j} jail leftover(s) of its vms",
-            self.id
-        );
+        let filter = Filter::Container {
+            namespace: self.namespace.clone(),
+            container: self.id.clone(),
+        };
+        let opts = GcOptions {
+            wait: GC_WAIT,
+            dry_run: false,
+        };
+        let report = records.collect(&filter, &opts);
+        for e in &report.entries {
+            log::info!("delete action for {}: {}", self.id, e.summary());
+        }
+        crate::mount::unmount_rootfs(&self.bundle);
         Ok(DeleteResponse {
             pid: 0,
             exit_status: STATUS_VM_GONE,

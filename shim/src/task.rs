@@ -67,34 +67,75 @@ pub struct TaskService {
     containers: Mutex<HashMap<String, Arc<Container>>>,
 }
 
-/// A VM id from containerd's ids: `[A-Za-z0-9_.-]{1,64}`.
-pub(crate) fn vm_id(id: &str, exec_id: &str) -> String {
-    let raw = if exec_id.is_empty() {
-        id.to_string()
-    } else {
-        format!("{id}.{exec_id}")
-    };
-    let mut s: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
+/// Hex digits of the hash that ends every VM id (64 bits).
+const VM_ID_HASH_HEX: usize = 16;
+/// The readable part of a VM id: what the hash and its `-` leave of 64.
+const VM_ID_READABLE: usize = 64 - 1 - VM_ID_HASH_HEX;
+/// Least of an exec id a VM id keeps when the container id is long.
+const VM_ID_EXEC_MIN: usize = 16;
+
+/// The VM id of container `id`'s task (`exec_id` empty) or of one of its
+/// execs, in containerd namespace `namespace`.
+///
+/// Always a valid VM id (1-64 of `[A-Za-z0-9_.-]`, not starting with a dot):
+/// `<container>[.<exec>]-<hash>`, the readable part cut to fit and its odd
+/// characters made `_`, and the hash (SHA-256, 64 bits) that of the exact
+/// namespace, container id and exec id. So it keeps the owner's readable
+/// prefix, and two different triples, even ones differing only where the
+/// readable part was cut or sanitised, or only in the namespace, get
+/// different ids.
+pub(crate) fn vm_id(namespace: &str, id: &str, exec_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    // Each part with its length: no two triples hash the same bytes.
+    for part in [namespace, id, exec_id] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let hash: String = h.finalize()[..VM_ID_HASH_HEX / 2]
+        .iter()
+        .map(|b| format!("{b:02x}"))
         .collect();
-    if s.len() > 64 {
-        // Keep the end: exec ids tell execs of one task apart.
-        s = s[s.len() - 64..].to_string();
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let (c, e) = (clean(id), clean(exec_id));
+    let mut readable = if e.is_empty() {
+        c[..c.len().min(VM_ID_READABLE)].to_string()
+    } else {
+        // The exec id tells one task's execs apart: it keeps at least
+        // VM_ID_EXEC_MIN characters, the container id the rest.
+        let e_len = e.len().min(
+            VM_ID_READABLE
+                .saturating_sub(1 + c.len())
+                .max(VM_ID_EXEC_MIN),
+        );
+        let c_len = c.len().min(VM_ID_READABLE - 1 - e_len);
+        format!("{}.{}", &c[..c_len], &e[..e_len])
+    };
+    if readable.is_empty() || readable.starts_with('.') {
+        readable.insert(0, '_');
+        readable.truncate(VM_ID_READABLE);
     }
-    if s.is_empty() {
-        s.push('_');
-    }
-    s
+    format!("{readable}-{hash}")
 }
 
-fn vm_spec(id: String, plan: &Plan, image: &GuestImage) -> Result<VmSpec, ShimError> {
+/// The spec of the VM of container `id`'s task (`exec_id` empty) or exec.
+fn vm_spec(
+    namespace: &str,
+    id: &str,
+    exec_id: &str,
+    plan: &Plan,
+    image: &GuestImage,
+) -> Result<VmSpec, ShimError> {
     let accel: AccelChoice = std::env::var(ACCEL_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -105,7 +146,16 @@ fn vm_spec(id: String, plan: &Plan, image: &GuestImage) -> Result<VmSpec, ShimEr
         .unwrap_or_else(|| PathBuf::from(DEFAULT_QEMU));
     let jail = mu2_microvm::jail::JailMode::load()?;
     let deadlines = mu2_microvm::Deadlines::load()?;
-    Ok(plan.vm_spec(id, image, qemu, accel.resolve(), jail, deadlines))
+    let owner = mu2_microvm::record::Owner::shim(namespace, id, exec_id);
+    Ok(plan.vm_spec(
+        vm_id(namespace, id, exec_id),
+        image,
+        qemu,
+        accel.resolve(),
+        jail,
+        deadlines,
+        owner,
+    ))
 }
 
 fn mount_rootfs(req: &CreateTaskRequest, bundle: &Path) -> Result<bool, ShimError> {
@@ -188,7 +238,7 @@ impl TaskService {
         let init = Process::launch(Launch {
             container_id: req.id.clone(),
             exec_id: String::new(),
-            spec: vm_spec(vm_id(&req.id, ""), &plan, &image)?,
+            spec: vm_spec(self.events.namespace(), &req.id, "", &plan, &image)?,
             run: plan.run.clone(),
             stdio: stdio.clone(),
             events: self.events.clone(),
@@ -260,7 +310,13 @@ impl TaskService {
         let proc = Process::launch(Launch {
             container_id: c.id.clone(),
             exec_id: req.exec_id.clone(),
-            spec: vm_spec(vm_id(&c.id, &req.exec_id), &c.plan, &c.image)?,
+            spec: vm_spec(
+                self.events.namespace(),
+                &c.id,
+                &req.exec_id,
+                &c.plan,
+                &c.image,
+            )?,
             run,
             stdio: StdioPaths {
                 stdin: req.stdin.clone(),
@@ -644,13 +700,80 @@ impl Task for TaskService {
 mod tests {
     use super::*;
 
+    fn valid(id: &str) -> bool {
+        !id.is_empty()
+            && id.len() <= 64
+            && !id.starts_with('.')
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    }
+
     #[test]
-    fn vm_ids_are_valid() {
-        assert_eq!(vm_id("abc", ""), "abc");
-        assert_eq!(vm_id("abc", "e 1"), "abc.e_1");
-        let long = "x".repeat(80);
-        let id = vm_id(&long, "exec9");
-        assert_eq!(id.len(), 64);
-        assert!(id.ends_with(".exec9"));
+    fn vm_ids_keep_the_owners_prefix_and_end_with_a_hash() {
+        let id = vm_id("default", "web", "");
+        assert!(id.starts_with("web-"), "{id}");
+        assert_eq!(id.len(), 3 + 1 + VM_ID_HASH_HEX);
+        let exec = vm_id("default", "web", "e1");
+        assert!(exec.starts_with("web.e1-"), "{exec}");
+        assert_ne!(id, exec);
+        // Stable: the shim's delete action and a restarted shim agree.
+        assert_eq!(vm_id("default", "web", "e1"), exec);
+    }
+
+    #[test]
+    fn a_63_character_exec_id_makes_a_valid_vm_id() {
+        let exec = "e".repeat(63);
+        let id = vm_id("default", "web", &exec);
+        assert!(valid(&id), "{id}");
+        assert!(id.starts_with("web.eee"), "{id}");
+        // Used to come out as ".eee…" (the task id cut off, a leading dot).
+        let id = vm_id("default", "", &exec);
+        assert!(valid(&id), "{id}");
+    }
+
+    #[test]
+    fn cri_ids_map_to_distinct_valid_vm_ids() {
+        // CRI: 64 hex digits for containers and for exec ids.
+        let c1 = "a".repeat(63) + "1";
+        let c2 = "a".repeat(63) + "2";
+        let exec = "f".repeat(64);
+        let ids = [
+            vm_id("k8s.io", &c1, ""),
+            vm_id("k8s.io", &c2, ""),
+            vm_id("k8s.io", &c1, &exec),
+            vm_id("k8s.io", &c2, &exec),
+        ];
+        for id in &ids {
+            assert!(valid(id), "{id}");
+            assert!(id.starts_with("aaaa"), "{id}");
+        }
+        assert!(ids[2].contains(".ffff"), "{}", ids[2]);
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+    }
+
+    #[test]
+    fn dots_odd_characters_and_namespaces_never_collide() {
+        // The task of container "web.1" and exec "1" of container "web".
+        assert_ne!(vm_id("default", "web.1", ""), vm_id("default", "web", "1"));
+        // Characters that sanitise to the same `_`.
+        assert_ne!(vm_id("default", "a b", ""), vm_id("default", "a/b", ""));
+        assert_ne!(vm_id("default", "a_b", ""), vm_id("default", "a b", ""));
+        // The same ids in two namespaces.
+        assert_ne!(vm_id("default", "web", ""), vm_id("k8s.io", "web", ""));
+        // Parts that concatenate alike.
+        assert_ne!(vm_id("ab", "c", ""), vm_id("a", "bc", ""));
+        for (ns, c, e) in [
+            ("default", "e 1/../..", "x\u{e9}y"),
+            ("default", ".hidden", ""),
+            ("default", "..", ".."),
+            ("", "", ""),
+            ("default", &"x".repeat(200), &"y".repeat(200)),
+        ] {
+            let id = vm_id(ns, c, e);
+            assert!(valid(&id), "{ns:?} {c:?} {e:?}: {id}");
+        }
+        assert!(vm_id("default", "a b", "").starts_with("a_b-"));
     }
 }

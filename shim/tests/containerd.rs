@@ -309,6 +309,103 @@ fn sigkill_of_the_shim_then_cleanup_leaves_nothing() {
     ctd.assert_nothing_left();
 }
 
+/// The shim daemon of task `id` (its `-id` argument is exactly `id`).
+fn shim_of(ctd: &Containerd, id: &str) -> Option<u32> {
+    let sock = ctd.sock().display().to_string();
+    procs().into_iter().find_map(|(pid, cmd)| {
+        let args: Vec<&str> = cmd.split_whitespace().collect();
+        let is_it = cmd.contains("containerd-shim-mu2-v1")
+            && cmd.contains(&sock)
+            && args.windows(2).any(|w| w[0] == "-id" && w[1] == id);
+        is_it.then_some(pid)
+    })
+}
+
+/// A dead shim's cleanup is exact: when the shim of task `web` is
+/// SIGKILLed, containerd's delete action for `web` ends web's VM and
+/// removes its cgroups, jail, uid claim and record, while task `web.1`
+/// (which `web` is a prefix of) keeps its VM, cgroups, jail and record,
+/// and still answers.
+#[test]
+fn a_dead_shims_cleanup_spares_the_task_its_name_prefixes() {
+    use mu2_microvm::record::{Record, RecordDir};
+    let Some(ctd) = Containerd::start(false) else {
+        return;
+    };
+    let web = ctd.id("web");
+    let web1 = format!("{web}.1");
+    for id in [&web, &web1] {
+        let o = ctd.ctr(&["run", "-d", "--runtime", MU2, IMAGE, id, "sleep", "600"]);
+        assert_eq!(o.code(), 0, "{id}: {}", o.err());
+        wait_status(&ctd, id, "RUNNING", Duration::from_secs(90));
+    }
+    let records =
+        RecordDir::for_mode(&mu2_microvm::jail::JailMode::load().expect("mu2 configuration"));
+    let of = |container: &str| -> Vec<Record> {
+        records
+            .list()
+            .into_iter()
+            .filter_map(|i| i.record.ok())
+            .filter(|r| r.owner.container.as_deref() == Some(container))
+            .collect()
+    };
+    let (web_rec, web1_rec) = (of(&web), of(&web1));
+    assert_eq!(
+        (web_rec.len(), web1_rec.len()),
+        (1, 1),
+        "{web_rec:?} {web1_rec:?}"
+    );
+    let (web_rec, web1_rec) = (&web_rec[0], &web1_rec[0]);
+    // What each VM holds on the host.
+    let held = |r: &Record| -> Vec<PathBuf> {
+        let mut v = r.cgroups.clone();
+        if let Some(j) = &r.jail {
+            v.push(j.dir.clone());
+            v.extend(j.claim.clone());
+        }
+        v
+    };
+    assert!(held(web1_rec).iter().all(|p| p.exists()));
+    assert!(held(web_rec).iter().all(|p| p.exists()));
+    let web_vmm = web_rec.vmm.clone().expect("web's VMM");
+    let web1_vmm = web1_rec.vmm.clone().expect("web.1's VMM");
+
+    let shim = shim_of(&ctd, &web).expect("web's shim");
+    assert_ne!(shim_of(&ctd, &web1), Some(shim));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // containerd runs the delete action for `web`.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !of(&web).is_empty() || held(web_rec).iter().any(|p| p.exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "web's VM was not cleaned up: {:?}\n{}",
+            of(&web),
+            tail(&ctd.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!web_vmm.is_alive(), "web's VMM survived");
+
+    // web.1 is untouched, and answers.
+    assert_eq!(of(&web1).as_slice(), std::slice::from_ref(web1_rec));
+    for p in held(web1_rec) {
+        assert!(p.exists(), "{} of web.1 was removed", p.display());
+    }
+    assert!(web1_vmm.is_alive(), "web.1's VMM was killed");
+    let e = ctd.ctr(&["tasks", "exec", "--exec-id", "e1", &web1, "echo", "alive"]);
+    assert_eq!(e.code(), 0, "{}\n{}", e.err(), tail(&ctd.log(), 30));
+    assert_eq!(e.out(), "alive\n");
+
+    cleanup_task(&ctd, &web1);
+    let _ = ctd.ctr(&["tasks", "rm", &web]);
+    let _ = ctd.ctr(&["containers", "rm", &web]);
+    ctd.assert_nothing_left();
+}
+
 #[test]
 fn parallel_runs_all_succeed() {
     let Some(ctd) = Containerd::start(true) else {

@@ -159,6 +159,13 @@ fn build_image_archive(rootfs: &Path, out: &Path) {
     archive.into_inner().unwrap();
 }
 
+/// How QEMU's `-name` of container `id`'s VMs starts: `mu2-` and the VM id,
+/// which starts with the container id (cut to fit, then a hash); 16 of a
+/// CRI id's random hex digits tell the test's containers apart.
+fn vm_name_prefix(id: &str) -> String {
+    format!("mu2-{}", &id[..id.len().min(16)])
+}
+
 /// What of `ids` is still there: runc's cgroups (`k8s.io/<id>`, the CRI
 /// default parent with cgroupfs, in every v1 hierarchy and the v2 tree),
 /// and mu2's VMM cgroups and jails.
@@ -176,7 +183,11 @@ fn leftover_cgroups(ids: &[&str]) -> Vec<String> {
             }
         }
     }
-    left.extend(common::vm_leftovers(|name| ids.contains(&name)));
+    // A VM id starts with its container id (cut to fit, then a hash).
+    left.extend(common::vm_leftovers(|name| {
+        ids.iter()
+            .any(|id| name.starts_with(&id[..id.len().min(16)]))
+    }));
     left
 }
 
@@ -339,7 +350,7 @@ state = "{state}"
             .filter(|(_, cmd)| {
                 (cmd.contains("containerd-shim") && cmd.contains(&sock))
                     || (cmd.contains("qemu-system")
-                        && ids.iter().any(|id| cmd.contains(&format!("mu2-{id}"))))
+                        && ids.iter().any(|id| cmd.contains(&vm_name_prefix(id))))
             })
             .map(|(pid, cmd)| format!("process {pid}: {cmd}"))
             .collect()
@@ -486,7 +497,7 @@ async fn run_pod(ctd: &Containerd, handler: &str) -> PodResult {
     );
     if handler == "mu2" {
         assert!(
-            cmdline.contains("qemu-system") && cmdline.contains(&format!("mu2-{sandbox}")),
+            cmdline.contains("qemu-system") && cmdline.contains(&vm_name_prefix(&sandbox)),
             "the mu2 sandbox's pid {pid} is not its VM: {cmdline}"
         );
     } else {

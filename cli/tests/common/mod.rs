@@ -194,8 +194,15 @@ pub fn processes_with(needle: &str) -> Vec<(u32, String)> {
 }
 
 /// No QEMU of VM `id`, no mount of the bundle or the id, no file named
-/// after the id in the places a runtime keeps state.
+/// after the id in the places a runtime keeps state, no cgroup, jail or
+/// record of it (where the host's configuration keeps them).
 pub fn assert_nothing_left(id: &str, bundle: &Path) {
+    let mode = mu2_microvm::jail::JailMode::load().expect("the mu2 configuration");
+    assert_nothing_left_with(id, bundle, &mode);
+}
+
+/// [`assert_nothing_left`], with the jail and record directories of `mode`.
+pub fn assert_nothing_left_with(id: &str, bundle: &Path, mode: &mu2_microvm::jail::JailMode) {
     // QEMU may take a moment to be reaped after mu2 exits if it was killed.
     let end = Instant::now() + Duration::from_secs(5);
     let needle = format!("mu2-{id}");
@@ -210,10 +217,17 @@ pub fn assert_nothing_left(id: &str, bundle: &Path) {
     for dir in mu2_microvm::cgroup::paths_for(id) {
         assert!(!dir.exists(), "cgroup {} left behind", dir.display());
     }
-    if let Ok(mu2_microvm::jail::JailMode::Jailed(cfg)) = mu2_microvm::jail::JailMode::load() {
-        let left = mu2_microvm::jail::leftovers(&cfg, id);
+    if let mu2_microvm::jail::JailMode::Jailed(cfg) = mode {
+        let left = mu2_microvm::jail::leftovers(cfg, id);
         assert!(left.is_empty(), "jail of {id} left behind: {left:?}");
     }
+    let records = mu2_microvm::record::RecordDir::for_mode(mode);
+    let record = records.record_path(id);
+    assert!(
+        std::fs::symlink_metadata(&record).is_err(),
+        "record {} left behind",
+        record.display()
+    );
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let b = bundle.display().to_string();
     for line in mountinfo.lines() {

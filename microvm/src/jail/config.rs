@@ -5,6 +5,10 @@
 //! # Host uids and gids handed to VMs, 65536 per VM (its user namespace).
 //! uid_range = "1000000000-1099999999"
 //! # enabled = false   # run QEMU without a jail; `mu2 check` reports it
+//!
+//! [vms]
+//! # Where the VMs' ownership records live (crate::record), jailed or not.
+//! # record_dir = "/run/mu2/vms"
 //! ```
 //!
 //! The jail fails closed: without a uid range (no file, or no key) every
@@ -21,6 +25,8 @@ pub const CONFIG_ENV: &str = "MU2_CONFIG";
 pub const DEFAULT_JAIL_ROOT: &str = "/run/mu2/jail";
 /// Where the uid-block claims live.
 pub const DEFAULT_CLAIM_DIR: &str = "/run/mu2/ids";
+/// Where the VMs' ownership records live ([`crate::record`]).
+pub const DEFAULT_RECORD_DIR: &str = "/run/mu2/vms";
 /// Host ids mapped into one VM's user namespace (uids 0..65535 of an image).
 pub const IDS_PER_VM: u32 = 65536;
 /// The jailer binary's file name.
@@ -131,6 +137,8 @@ pub struct JailConfig {
     /// [`DEFAULT_JAILER`].
     pub jailer: Option<PathBuf>,
     pub rlimits: Rlimits,
+    /// `[vms] record_dir`: the VMs' ownership records.
+    pub record_dir: PathBuf,
 }
 
 /// Whether QEMU runs jailed.
@@ -140,6 +148,8 @@ pub enum JailMode {
     /// The operator set `enabled = false` in this file.
     Disabled {
         source: PathBuf,
+        /// `[vms] record_dir`: unjailed VMs have ownership records too.
+        record_dir: PathBuf,
     },
 }
 
@@ -151,6 +161,15 @@ struct File {
     /// Read by [`crate::deadlines`].
     #[serde(default)]
     timeouts: Option<toml::Table>,
+    #[serde(default)]
+    vms: VmsSection,
+}
+
+/// Host-wide VM bookkeeping, jailed or not.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct VmsSection {
+    record_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -195,9 +214,20 @@ impl JailMode {
         let file: File = toml::from_str(text).map_err(|e| malformed(e.message().to_string()))?;
         let _ = file.timeouts;
         let j = file.jail;
+        let record_dir = match file.vms.record_dir {
+            Some(p) if !p.is_absolute() => {
+                return Err(malformed(format!(
+                    "{} is not an absolute path",
+                    p.display()
+                )))
+            }
+            Some(p) => p,
+            None => DEFAULT_RECORD_DIR.into(),
+        };
         if j.enabled == Some(false) {
             return Ok(JailMode::Disabled {
                 source: path.to_path_buf(),
+                record_dir,
             });
         }
         let ids = j
@@ -229,13 +259,22 @@ impl JailMode {
                 nproc: j.rlimit_nproc.unwrap_or(defaults.nproc),
                 fsize: j.rlimit_fsize.unwrap_or(defaults.fsize),
             },
+            record_dir,
         }))
+    }
+
+    /// Where the VMs' ownership records live, jailed or not.
+    pub fn record_dir(&self) -> &Path {
+        match self {
+            JailMode::Jailed(c) => &c.record_dir,
+            JailMode::Disabled { record_dir, .. } => record_dir,
+        }
     }
 
     /// One line for `mu2 check`.
     pub fn describe(&self) -> String {
         match self {
-            JailMode::Disabled { source } => format!(
+            JailMode::Disabled { source, .. } => format!(
                 "jail: DISABLED by {} (enabled = false): QEMU runs as root, unconfined",
                 source.display()
             ),
@@ -314,6 +353,20 @@ mod tests {
     }
 
     #[test]
+    fn the_record_dir_is_configurable_jailed_or_not() {
+        assert_eq!(
+            parse("").unwrap().record_dir(),
+            Path::new(DEFAULT_RECORD_DIR)
+        );
+        for t in [
+            "[jail]\nenabled = false\n[vms]\nrecord_dir = \"/tmp/r\"\n",
+            "[jail]\nuid_range = \"100000-231071\"\n[vms]\nrecord_dir = \"/tmp/r\"\n",
+        ] {
+            assert_eq!(parse(t).unwrap().record_dir(), Path::new("/tmp/r"), "{t}");
+        }
+    }
+
+    #[test]
     fn bad_ranges_and_keys_are_refused() {
         for t in [
             "[jail]\nuid_range = \"0-70000\"\n",
@@ -322,6 +375,8 @@ mod tests {
             "[jail]\nuid_range = \"100000\"\n",
             "[jail]\nuid_rnage = \"100000-300000\"\n",
             "[jail]\njail_root = \"relative\"\n",
+            "[vms]\nrecord_dir = \"relative\"\n",
+            "[vms]\nrecords = \"/x\"\n",
             "not toml",
         ] {
             let e = parse(t).unwrap_err();

@@ -5,7 +5,9 @@
 //! by the jailer, which lives exactly as long as QEMU, so a crashed owner
 //! releases its block when its VMM dies, with nobody cleaning up. Dropping a
 //! claim unlinks the file; a file left by a crash is unlocked, so the next
-//! launch that needs the block takes it over.
+//! launch that needs the block takes it over, and the collection of the
+//! VM's record ([`crate::record`]) unlinks it ([`release_left_behind`]),
+//! matching the VM id exactly.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -82,6 +84,11 @@ impl IdClaim {
     pub fn fd(&self) -> std::os::fd::RawFd {
         self.file.as_raw_fd()
     }
+
+    /// The claim file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 impl Drop for IdClaim {
@@ -105,71 +112,82 @@ pub fn is_claimed(dir: &Path, first: u32) -> bool {
     !matches!(super::sys::try_lock(f.as_raw_fd()), Ok(true))
 }
 
-/// Removes the unlocked claim files whose VM name `matches` (left by a
-/// crashed owner); returns how many.
-pub fn remove_left_behind(dir: &Path, matches: impl Fn(&str) -> bool) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
+/// What became of a claim file left behind by VM `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftClaim {
+    /// It was there, unlocked and naming `id`: now unlinked.
+    Released,
+    /// There is no such file.
+    Absent,
+    /// The file names another VM now (the block was taken over).
+    NotOurs,
+    /// It names `id` and a live process holds its lock (a jailer).
+    Held,
+}
+
+/// Releases the claim file `path` of VM `id` if no process holds it any
+/// more; a claim is never released while it is locked, nor when it names
+/// another VM.
+pub fn release_left_behind(path: &Path, id: &str) -> LeftClaim {
+    let Ok(f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return LeftClaim::Absent;
     };
-    let mut n = 0;
-    for e in entries.flatten() {
-        let path = e.path();
-        let Ok(f) = File::open(&path) else { continue };
-        if !matches(&std::fs::read_to_string(&path).unwrap_or_default()) {
-            continue;
-        }
-        if matches!(super::sys::try_lock(f.as_raw_fd()), Ok(true))
-            && std::fs::remove_file(&path).is_ok()
-        {
-            n += 1;
-        }
+    if !names(&f, id) {
+        return LeftClaim::NotOurs;
     }
-    n
-}
-
-/// A claim whose owner is gone (its file unlocked), now locked by us; its
-/// VM name, and the means to remove it.
-pub struct StaleClaim {
-    pub owner: String,
-    path: PathBuf,
-    _file: File,
-}
-
-impl StaleClaim {
-    /// Unlinks the claim file (still locked by us).
-    pub fn remove(self) -> bool {
-        std::fs::remove_file(&self.path).is_ok()
+    if !matches!(super::sys::try_lock(f.as_raw_fd()), Ok(true)) {
+        return LeftClaim::Held;
+    }
+    // Locked by us now; the file may have been unlinked (and the path
+    // reused) since our open: only unlink the very file we hold.
+    let same = match (f.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    };
+    // Re-read under the lock: a claimer rewrites the file only while
+    // holding it.
+    if !same || !names(&f, id) {
+        return LeftClaim::NotOurs;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => LeftClaim::Released,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => LeftClaim::Absent,
+        Err(e) => {
+            log::warn!("cannot remove claim {}: {e}", path.display());
+            LeftClaim::Held
+        }
     }
 }
 
-/// Claims in `dir` that no live VMM holds.
-pub fn stale_claims(dir: &Path) -> Vec<StaleClaim> {
-    let mut stale = Vec::new();
+/// Whether the open claim file names exactly VM `id`.
+fn names(f: &File, id: &str) -> bool {
+    use std::io::{Read, Seek};
+    let mut f = f;
+    let mut text = String::new();
+    f.rewind().is_ok() && f.take(256).read_to_string(&mut text).is_ok() && text == id
+}
+
+/// The claim files in `dir` that name exactly VM `id` (for a VM whose
+/// owner died before it could record which block it took).
+pub fn claims_naming(dir: &Path, id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = e.path();
         let Ok(f) = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
+            .open(e.path())
         else {
             continue;
         };
-        if !matches!(super::sys::try_lock(f.as_raw_fd()), Ok(true)) {
-            continue;
+        if names(&f, id) {
+            found.push(e.path());
         }
-        let owner = std::fs::read_to_string(&path).unwrap_or_default();
-        // An empty file is being claimed right now (created, not yet
-        // written): leave it to its claimer.
-        if owner.is_empty() {
-            continue;
-        }
-        stale.push(StaleClaim {
-            owner,
-            path,
-            _file: f,
-        });
     }
-    stale
+    found
 }
 
 #[cfg(test)]
@@ -208,22 +226,33 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_owners_claim_is_stale_and_a_live_one_is_not() {
+    fn a_left_claim_is_released_only_unlocked_and_only_if_it_names_the_vm() {
         if !nix::unistd::geteuid().is_root() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let live = IdClaim::acquire(range(3), dir.path(), "live").unwrap();
-        // What a SIGKILLed owner leaves: the file, no lock.
-        std::fs::write(dir.path().join("9999"), "dead").unwrap();
-        let stale = stale_claims(dir.path());
+        let live = IdClaim::acquire(range(3), dir.path(), "web").unwrap();
         assert_eq!(
-            stale.iter().map(|s| s.owner.as_str()).collect::<Vec<_>>(),
-            ["dead"]
+            claims_naming(dir.path(), "web"),
+            [live.path().to_path_buf()]
         );
-        assert!(stale.into_iter().all(StaleClaim::remove));
-        assert!(!dir.path().join("9999").exists());
+        // Held by a live process: stays.
+        assert_eq!(release_left_behind(live.path(), "web"), LeftClaim::Held);
+        assert!(live.path().exists());
+        // What a SIGKILLed owner leaves: the file, no lock.
+        let dead = dir.path().join("9999");
+        std::fs::write(&dead, "web.1").unwrap();
+        // Names are matched exactly, never as prefixes.
+        assert!(claims_naming(dir.path(), "web.").is_empty());
+        assert_eq!(
+            claims_naming(dir.path(), "web.1"),
+            std::slice::from_ref(&dead)
+        );
+        assert_eq!(release_left_behind(&dead, "web"), LeftClaim::NotOurs);
+        assert!(dead.exists());
+        assert_eq!(release_left_behind(&dead, "web.1"), LeftClaim::Released);
+        assert!(!dead.exists());
+        assert_eq!(release_left_behind(&dead, "web.1"), LeftClaim::Absent);
         assert!(is_claimed(dir.path(), live.first));
-        assert_eq!(remove_left_behind(dir.path(), |o| o == "live"), 0);
     }
 }

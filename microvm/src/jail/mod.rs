@@ -203,60 +203,23 @@ impl Drop for JailResources {
     }
 }
 
+impl JailResources {
+    /// The id claim's file, while the claim is held.
+    pub fn claim_path(&self) -> Option<&Path> {
+        self.claim.as_ref().map(|c| c.path())
+    }
+}
+
 /// The jail directory of VM `id`.
 pub fn jail_dir(cfg: &JailConfig, id: &str) -> PathBuf {
     cfg.jail_root.join(id)
 }
 
-/// Whether VM `name` is VM `id` or one of its execs (`id.exec`).
-fn of_vm(name: &str, id: &str) -> bool {
-    name == id || name.strip_prefix(id).is_some_and(|r| r.starts_with('.'))
-}
-
-/// Removes what a crashed owner left of VM `id`'s jails and those of its
-/// execs (`id.*`): the directories, and the claims once their VMMs are
-/// gone. Returns how many things were removed.
-pub fn remove_left_behind(cfg: &JailConfig, id: &str) -> usize {
-    let mut n = 0;
-    if let Ok(rd) = std::fs::read_dir(&cfg.jail_root) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if of_vm(&name, id) && std::fs::remove_dir(e.path()).is_ok() {
-                n += 1;
-            }
-        }
-    }
-    n + ids::remove_left_behind(&cfg.claim_dir, |owner| of_vm(owner, id))
-}
-
-/// Cleans up after owners that died without doing it (a `mu2 run` killed
-/// by SIGKILL, a shim whose delete action never ran): for every claim no
-/// live jailer holds, the jail directory and the VMM cgroups of the VM
-/// that claim names, then — once those cgroups are gone — the claim.
-/// Returns how many claims were swept.
-pub fn sweep(cfg: &JailConfig) -> usize {
-    let mut n = 0;
-    for stale in ids::stale_claims(&cfg.claim_dir) {
-        // The jailer (the lock's holder) can die a moment before QEMU: a
-        // cgroup that cannot go yet still has the VMM in it, so the claim
-        // stays, and the block is not handed out, until a later sweep.
-        let gone = valid_id(&stale.owner) && {
-            let _ = std::fs::remove_dir(jail_dir(cfg, &stale.owner));
-            crate::cgroup::paths_for(&stale.owner)
-                .iter()
-                .all(|dir| std::fs::remove_dir(dir).is_ok() || !dir.exists())
-        };
-        if gone && stale.remove() {
-            n += 1;
-        }
-    }
-    n
-}
-
-/// What is left of VM `id`'s jails (and its execs'): directories and claim
-/// files; empty when everything was released.
+/// What is left of VM `id`'s jail: its directory and the claim files that
+/// name it; empty when everything was released. (What a crashed owner
+/// leaves is collected through its record: [`crate::record`].)
 pub fn leftovers(cfg: &JailConfig, id: &str) -> Vec<PathBuf> {
-    leftovers_matching(cfg, |name| of_vm(name, id))
+    leftovers_matching(cfg, |name| name == id)
 }
 
 /// Jail directories and claim files of the VMs whose names `matches`.

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use mu2_microvm::jail::JailMode;
+use mu2_microvm::record::{Owner, OwnerKind};
 use mu2_microvm::spec::DEFAULT_TB_SIZE_MIB;
 use mu2_microvm::{AccelChoice, Share, VmSpec};
 
@@ -26,6 +27,7 @@ pub fn spec(id: &str, kernel: &Path, initrd: &Path, jail: JailMode) -> VmSpec {
         tb_size_mib: DEFAULT_TB_SIZE_MIB,
         debug: false,
         jail,
+        owner: Owner::this_process(OwnerKind::Test),
     }
 }
 

@@ -99,8 +99,8 @@ pub fn stop_containerd(child: Option<Child>, dir: &Path) {
 }
 
 /// What mu2 left of the VMs whose names `is_ours`: their VMM cgroups (in
-/// the v2 tree and every v1 hierarchy) and their jails (directories and id
-/// claims, from the host's jail configuration).
+/// the v2 tree and every v1 hierarchy), their jails (directories and id
+/// claims, from the host's jail configuration) and their records.
 pub fn vm_leftovers(is_ours: impl Fn(&str) -> bool) -> Vec<String> {
     let cg = PathBuf::from("/sys/fs/cgroup");
     let roots = std::iter::once(cg.clone()).chain(
@@ -122,9 +122,17 @@ pub fn vm_leftovers(is_ours: impl Fn(&str) -> bool) -> Vec<String> {
             }
         }
     }
-    if let Ok(mu2_microvm::jail::JailMode::Jailed(cfg)) = mu2_microvm::jail::JailMode::load() {
-        for p in mu2_microvm::jail::leftovers_matching(&cfg, is_ours) {
+    let Ok(mode) = mu2_microvm::jail::JailMode::load() else {
+        return left;
+    };
+    if let mu2_microvm::jail::JailMode::Jailed(cfg) = &mode {
+        for p in mu2_microvm::jail::leftovers_matching(cfg, &is_ours) {
             left.push(format!("jail {}", p.display()));
+        }
+    }
+    for r in mu2_microvm::record::RecordDir::for_mode(&mode).list() {
+        if is_ours(&r.id) {
+            left.push(format!("record {}", r.path.display()));
         }
     }
     left
