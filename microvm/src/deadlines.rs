@@ -14,7 +14,7 @@
 //! drain = "30s"        # after Exit: the guest delivers no counted output byte
 //! poweroff = "10s"     # ExitAck to QEMU's exit
 //! control_write = "10s" # one write on the control channel
-//! jailer = "10s"       # the jailer's start line
+//! jailer = "30s"       # the jailer's start line
 //! ```
 //!
 //! `drain` bounds a guest that stalls, not a reader that is slow: while the
@@ -47,7 +47,7 @@ impl Default for Deadlines {
             drain: Duration::from_secs(30),
             poweroff: Duration::from_secs(10),
             control_write: Duration::from_secs(10),
-            jailer: Duration::from_secs(10),
+            jailer: Duration::from_secs(30),
         }
     }
 }
