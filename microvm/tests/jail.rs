@@ -636,6 +636,11 @@ mod jail_released_on_every_end {
             mounts: vec![],
             memory_limit_bytes: None,
             pids_limit: None,
+            masked_paths: vec![],
+            readonly_paths: vec![],
+            sysctls: vec![],
+            device_rules: vec![],
+            rootfs_propagation: None,
         };
         vm.sender().send(&HostMsg::Run(Box::new(run))).unwrap();
         vm.sender()
