@@ -15,12 +15,13 @@
 #![forbid(unsafe_code)]
 
 pub mod mounts;
+pub mod seccomp;
 pub mod security;
 
 use std::path::{Path, PathBuf};
 
 use mu2_protocol::mount_options;
-use mu2_protocol::{ConsoleSize, Process, Rlimit, Root, Run, User};
+use mu2_protocol::{ConsoleSize, Process, Rlimit, Root, Run, SeccompFilter, User};
 use oci_spec::runtime::Spec;
 
 pub use mounts::MountError;
@@ -59,6 +60,10 @@ pub enum BundleError {
     Mount(#[from] MountError),
     #[error(transparent)]
     Security(#[from] SecurityError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+    #[error("the compiled linux.seccomp program is not one the agent takes")]
+    SeccompProgram(#[source] mu2_protocol::ProtocolError),
     #[error("unsupported rlimit {0}")]
     Rlimit(String),
     #[error("memory limit of {0} bytes is outside what a VM can have")]
@@ -147,8 +152,9 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, BundleError> {
         host_path: rootfs,
         readonly: true,
     }];
-    let process = process(spec)?;
+    let mut process = process(spec)?;
     security::refuse_spec(spec)?;
+    process.seccomp = seccomp_filter(spec)?;
     let mounts = mounts::mounts(spec, bundle, &mut shares)?;
     let linux = spec.linux().as_ref();
     let resources = linux.and_then(|l| l.resources().as_ref());
@@ -206,6 +212,17 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, BundleError> {
             )?,
         },
     })
+}
+
+/// `linux.seccomp` compiled for the guest, if the spec has one.
+fn seccomp_filter(spec: &Spec) -> Result<Option<SeccompFilter>, BundleError> {
+    let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+        return Ok(None);
+    };
+    let f = seccomp::compile(profile)?;
+    SeccompFilter::new(f.program, f.flags)
+        .map(Some)
+        .map_err(BundleError::SeccompProgram)
 }
 
 fn rootfs_propagation(
@@ -607,6 +624,33 @@ mod tests {
         ));
         let e = process_from_json(br#"{"cwd": "/", "user": {"uid": 0, "gid": 0}, "args": []}"#);
         assert!(matches!(e, Err(BundleError::NoArgs)), "{e:?}");
+    }
+
+    #[test]
+    fn seccomp_is_compiled_for_the_process_and_its_execs() {
+        let profile: serde_json::Value = serde_json::from_str(include_str!(
+            "../tests/data/containerd-default-seccomp.json"
+        ))
+        .unwrap();
+        let mut c = base();
+        c["linux"]["seccomp"] = profile;
+        let p = load(bundle(c).path()).unwrap();
+        let f = p.run.process.seccomp.clone().expect("a filter");
+        assert!(f.instructions() > 10);
+        let exec = exec_process(&p.run, base()["process"].to_string().as_bytes()).unwrap();
+        assert_eq!(exec.seccomp, Some(f));
+        // Without a profile, none.
+        assert!(load(bundle(base()).path())
+            .unwrap()
+            .run
+            .process
+            .seccomp
+            .is_none());
+        let mut c = base();
+        c["linux"]["seccomp"] =
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/a.sock"});
+        let e = load(bundle(c).path()).unwrap_err();
+        assert!(e.to_string().contains("listenerPath"), "{e}");
     }
 
     #[test]
