@@ -17,9 +17,11 @@
 //! emulation ignores a deny rule that would punch a hole into an earlier
 //! wildcard allow, this policy honours it (it is the stricter reading).
 //!
-//! To every policy the agent appends a deny of its own virtio ports
-//! ([`agent_port_rules`]), so no container — root, with CAP_MKNOD, or with
-//! an "allow all" rule — can open the channel to the host.
+//! To every policy the agent appends a deny of reading and writing its own
+//! virtio ports ([`agent_port_rules`]), so no container — root, with
+//! CAP_MKNOD, or with an "allow all" rule — can open the channel to the
+//! host. Making a node for them stays as the policy says (runc's allows
+//! mknod of any device): a node that cannot be opened is harmless.
 //!
 //! [`program`] compiles the rules to instructions; [`allows`] is the same
 //! policy written plainly, and the tests check one against the other
@@ -206,9 +208,9 @@ pub fn program(rules: &[DeviceRule]) -> Vec<BpfInsn> {
     a.finish()
 }
 
-/// Deny rules for the character devices of the agent's virtio ports (the
-/// majors in `SYS/*/dev`, normally one), which the container must never
-/// open.
+/// Rules denying reads and writes of the character devices of the agent's
+/// virtio ports (the majors in `SYS/*/dev`, normally one), which the
+/// container must never open.
 pub fn agent_port_rules(sys_ports: &Path) -> std::io::Result<Vec<DeviceRule>> {
     let mut majors = Vec::new();
     for e in std::fs::read_dir(sys_ports)? {
@@ -240,7 +242,11 @@ pub fn agent_port_rules(sys_ports: &Path) -> std::io::Result<Vec<DeviceRule>> {
             kind: DeviceKind::Char,
             major: Some(major),
             minor: None,
-            access: DeviceAccess::ALL,
+            access: DeviceAccess {
+                read: true,
+                write: true,
+                mknod: false,
+            },
         })
         .collect())
 }
@@ -329,7 +335,7 @@ mod tests {
             rule(true, Char, Some(1), Some(9), "rwm"),
             rule(true, Char, Some(136), None, "rwm"),
             rule(true, Char, Some(5), Some(2), "rwm"),
-            rule(false, Char, Some(252), None, "rwm"),
+            rule(false, Char, Some(252), None, "rw"),
         ]
     }
 
@@ -343,11 +349,12 @@ mod tests {
         let prog = program(&p);
         let rw = ACC_READ | ACC_WRITE;
         for (dev, major, minor, acc, want) in [
-            (DEV_CHAR, 1, 3, rw, true),           // /dev/null
-            (DEV_CHAR, 136, 7, rw, true),         // a pty
-            (DEV_CHAR, 1, 1, ACC_READ, false),    // /dev/mem
-            (DEV_CHAR, 252, 1, rw, false),        // the agent's port
-            (DEV_CHAR, 252, 1, ACC_MKNOD, false), // not even its node
+            (DEV_CHAR, 1, 3, rw, true),        // /dev/null
+            (DEV_CHAR, 136, 7, rw, true),      // a pty
+            (DEV_CHAR, 1, 1, ACC_READ, false), // /dev/mem
+            (DEV_CHAR, 252, 1, rw, false),     // the agent's port
+            (DEV_CHAR, 252, 1, ACC_READ, false),
+            (DEV_CHAR, 252, 1, ACC_MKNOD, true), // a node, never opened
             (DEV_CHAR, 10, 229, ACC_MKNOD, true), // mknod of anything else
             (DEV_CHAR, 10, 229, ACC_READ, false),
             (DEV_BLOCK, 8, 0, ACC_MKNOD | ACC_READ, false),
@@ -458,6 +465,7 @@ mod tests {
         assert_eq!(rules.len(), 1);
         assert_eq!(rules[0].major, Some(252));
         assert!(!rules[0].allow);
+        assert!(rules[0].access.read && rules[0].access.write && !rules[0].access.mknod);
         std::fs::remove_dir_all(&d).unwrap();
         assert!(agent_port_rules(&d).is_err());
     }
