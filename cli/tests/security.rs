@@ -72,25 +72,26 @@ fn root_without_capabilities_has_none_as_under_runc() {
 }
 
 #[test]
-fn sysctls_masked_and_readonly_paths_match_runc() {
+fn sysctls_oom_score_adj_masked_and_readonly_paths_match_runc() {
     let Some(base) = setup() else { return };
     let mut b = TestBundle::new(
         &base,
         &[
             "sh",
             "-c",
-            "cat /proc/sys/kernel/shm_rmid_forced; \
+            "cat /proc/self/oom_score_adj; cat /proc/sys/kernel/shm_rmid_forced; \
              echo 0 > /proc/sys/kernel/shm_rmid_forced; \
              wc -c < /etc/hostname; ls /home; touch /etc/x; ls /etc; echo done",
         ],
     );
     b.config["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1"});
+    b.config["process"]["oomScoreAdj"] = json!(500);
     b.config["linux"]["maskedPaths"] = json!(["/etc/hostname", "/home", "/no/such/path"]);
     b.config["linux"]["readonlyPaths"] = json!(["/proc/sys", "/etc", "/no/such/dir"]);
     let out = same_as_runc(&b);
     assert_eq!(out.code(), 0, "{}", out.stderr_str());
     assert!(
-        out.stdout_str().starts_with("1\n0\n"),
+        out.stdout_str().starts_with("500\n1\n0\n"),
         "{}",
         out.stdout_str()
     );

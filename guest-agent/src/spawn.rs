@@ -96,6 +96,7 @@ pub struct Plan {
     umask: Option<Mode>,
     cwd: String,
     no_new_privs: bool,
+    oom_score_adj: String,
     capabilities: Capabilities,
     seccomp: Option<SeccompFilter>,
     root_propagation: Option<MsFlags>,
@@ -153,6 +154,7 @@ impl Plan {
             umask: p.user.umask.map(|m| Mode::from_bits_truncate(m & 0o777)),
             cwd: p.cwd.clone(),
             no_new_privs: p.no_new_privileges,
+            oom_score_adj: p.oom_score_adj.unwrap_or(0).to_string(),
             capabilities: p.capabilities,
             seccomp: p.seccomp.clone(),
             root_propagation: run.rootfs_propagation.map(crate::mountopts::propagation),
@@ -293,8 +295,13 @@ fn child(plan: &Plan, stdio: ChildStdio) -> Result<std::convert::Infallible, Chi
     sys::default_sigpipe().map_err(setup("reset SIGPIPE"))?;
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(setup("reset the signal mask"))?;
-    // The agent is exempt from the OOM killer; the container must not be.
-    write_file("/proc/self/oom_score_adj", "0", "reset oom_score_adj")?;
+    // The agent is exempt from the OOM killer; the container is not, and
+    // gets the spec's adjustment (CRI sets one per QoS class).
+    write_file(
+        "/proc/self/oom_score_adj",
+        &plan.oom_score_adj,
+        "set oom_score_adj",
+    )?;
     if let Some(procs) = &plan.cgroup_procs {
         write_file(procs, "0", "join the container cgroup")?;
         // Rooted at the cgroup just joined: the process sees it as "/" and

@@ -68,6 +68,8 @@ pub enum BundleError {
     Rlimit(String),
     #[error("memory limit of {0} bytes is outside what a VM can have")]
     Memory(i64),
+    #[error("process.oomScoreAdj {0} is outside -1000..=1000")]
+    OomScoreAdj(i32),
     #[error("invalid linux.resources.cpu: {0}")]
     Cpu(String),
 }
@@ -274,6 +276,9 @@ pub fn map_process(p: &oci_spec::runtime::Process) -> Result<Process, BundleErro
         return Err(BundleError::Cwd(cwd.clone()));
     }
     security::refuse_process(p)?;
+    if let Some(adj) = p.oom_score_adj().filter(|a| !(-1000..=1000).contains(a)) {
+        return Err(BundleError::OomScoreAdj(adj));
+    }
     let u = p.user();
     let rlimits = p
         .rlimits()
@@ -312,6 +317,7 @@ pub fn map_process(p: &oci_spec::runtime::Process) -> Result<Process, BundleErro
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         capabilities: security::capabilities(p.capabilities().as_ref())?,
         seccomp: None,
+        oom_score_adj: p.oom_score_adj(),
     })
 }
 
@@ -526,7 +532,9 @@ mod tests {
         c["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1"});
         c["linux"]["resources"]["devices"] = json!([{"allow": false, "access": "rwm"}]);
         c["linux"]["rootfsPropagation"] = json!("rslave");
+        c["process"]["oomScoreAdj"] = json!(-998);
         let p = load(bundle(c).path()).unwrap();
+        assert_eq!(p.run.process.oom_score_adj, Some(-998));
         let caps = p.run.process.capabilities;
         assert_eq!(caps.bounding, (1 << 5) | (1 << 10));
         assert_eq!(caps.permitted, 1 << 5);
@@ -546,6 +554,12 @@ mod tests {
         // No capabilities listed: none.
         let p = load(bundle(base()).path()).unwrap();
         assert_eq!(p.run.process.capabilities, Capabilities::default());
+        let mut c = base();
+        c["process"]["oomScoreAdj"] = json!(1001);
+        assert!(matches!(
+            load(bundle(c).path()),
+            Err(BundleError::OomScoreAdj(1001))
+        ));
         let mut c = base();
         c["linux"]["rootfsPropagation"] = json!("sideways");
         assert!(load(bundle(c).path()).is_err());

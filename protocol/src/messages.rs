@@ -135,6 +135,8 @@ pub struct Process {
     /// All zero unless config.json lists capabilities.
     pub capabilities: Capabilities,
     pub seccomp: Option<SeccompFilter>,
+    /// `/proc/self/oom_score_adj` of the process (-1000..=1000).
+    pub oom_score_adj: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -433,6 +435,14 @@ impl TryFrom<pb::Process> for Process {
         } else {
             Some(SeccompFilter::new(p.seccomp_filter, p.seccomp_flags)?)
         };
+        if let Some(adj) = p.oom_score_adj {
+            if !(-1000..=1000).contains(&adj) {
+                return Err(invalid(
+                    "process.oom_score_adj",
+                    format!("{adj} is outside -1000..=1000"),
+                ));
+            }
+        }
         Ok(Process {
             args,
             env,
@@ -444,6 +454,7 @@ impl TryFrom<pb::Process> for Process {
             no_new_privileges: p.no_new_privileges,
             capabilities,
             seccomp,
+            oom_score_adj: p.oom_score_adj,
         })
     }
 }
@@ -491,6 +502,7 @@ impl From<&Process> for pb::Process {
                 .map(|f| f.program.clone())
                 .unwrap_or_default(),
             seccomp_flags: p.seccomp.as_ref().map_or(0, |f| f.flags),
+            oom_score_adj: p.oom_score_adj,
             ..Default::default()
         }
     }
@@ -937,6 +949,7 @@ mod tests {
                     ambient: 1 << 10,
                 },
                 seccomp: Some(SeccompFilter::new(vec![6, 0, 0, 0, 0, 0, 0xff, 0x7f], 2).unwrap()),
+                oom_score_adj: Some(-998),
             },
             hostname: "mu2".into(),
             mounts: vec![
@@ -1086,6 +1099,9 @@ mod tests {
         let mut r = sample_run();
         r.mounts[2].options.push("idmap".into());
         rejects(r, "mount.options");
+        let mut r = sample_run();
+        r.process.oom_score_adj = Some(1001);
+        rejects(r, "process.oom_score_adj");
         let mut r = sample_run();
         r.masked_paths.push("proc/kcore".into());
         rejects(r, "run.masked_paths");
