@@ -6,9 +6,19 @@
 //! `oom_killed` is reported whether the cgroup limit or the VM's RAM (the
 //! host's way of applying a memory limit) ran out. init and the agent stay in
 //! the root cgroup and are exempt from the OOM killer.
+//!
+//! The cgroup also carries the container's device policy
+//! ([`Cgroup::restrict_devices`], a BPF program from [`crate::devices`]).
+//! The process cannot leave the cgroup: it joins it, then unshares a cgroup
+//! namespace rooted there ([`crate::spawn`]), and init mounts the hierarchy
+//! with `nsdelegate`, so from inside that namespace neither `cgroup.procs`
+//! of a cgroup outside it nor the limit files of its root can be written.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+
+use mu2_protocol::DeviceRule;
 
 pub const ROOT: &str = "/sys/fs/cgroup";
 pub const NAME: &str = "ctr";
@@ -24,6 +34,24 @@ pub enum CgroupError {
     },
     #[error("cannot create cgroup {path}")]
     Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot find the agent's virtio ports in {path}")]
+    Ports {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot load the device policy ({rules} rules) into the guest kernel")]
+    DeviceProgram {
+        rules: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot attach the device policy to cgroup {path}")]
+    Attach {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -98,6 +126,36 @@ impl Cgroup {
             self.write("pids.max", &value(l))?;
         }
         Ok(())
+    }
+
+    /// Attaches the device policy `rules`, followed by a deny of the
+    /// agent's virtio ports (found in `sys_ports`), to the cgroup.
+    pub fn restrict_devices(
+        &self,
+        rules: &[DeviceRule],
+        sys_ports: &Path,
+    ) -> Result<(), CgroupError> {
+        let mut all = rules.to_vec();
+        all.extend(
+            crate::devices::agent_port_rules(sys_ports).map_err(|source| CgroupError::Ports {
+                path: sys_ports.to_path_buf(),
+                source,
+            })?,
+        );
+        let program = crate::devices::program(&all);
+        let prog = crate::sys::bpf_load_cgroup_device(&program).map_err(|source| {
+            CgroupError::DeviceProgram {
+                rules: all.len(),
+                source,
+            }
+        })?;
+        let attach = |source| CgroupError::Attach {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = std::fs::File::open(&self.path).map_err(attach)?;
+        // The attachment holds the program; our descriptor may close.
+        crate::sys::bpf_attach_cgroup_device(dir.as_fd(), prog.as_fd()).map_err(attach)
     }
 
     /// `cgroup.procs`, where the container process writes "0" to join.

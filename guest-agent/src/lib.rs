@@ -19,7 +19,9 @@
 #![deny(unsafe_code)]
 
 pub mod cgroup;
+pub mod confine;
 pub mod control;
+pub mod devices;
 pub mod mountopts;
 pub mod paths;
 pub mod ports;
@@ -362,13 +364,16 @@ fn prepare(run: &Run) -> Result<PreparedProcess, StartFailure> {
         run.pids_limit,
     )
     .map_err(|e| StartFailure::setup("set up resource limits", &e))?;
+    cgroup
+        .restrict_devices(&run.device_rules, Path::new(ports::SYS_PORTS))
+        .map_err(|e| StartFailure::setup("set up the device policy", &e))?;
     let passwd = paths::resolve(&prepared.root, "/etc/passwd")
         .ok()
         .and_then(|p| std::fs::read_to_string(p).ok());
     let plan = Plan::new(
         run,
         prepared.root.clone(),
-        prepared.proc.clone(),
+        prepared.in_child.clone(),
         Some(cgroup.procs_file()),
         passwd.as_deref(),
     )?;

@@ -5,8 +5,13 @@
 //! layer (the container's writes die with the VM), a read-only root is a
 //! read-only bind of it. The root then gets what runc's default spec gives a
 //! container — `/dev` (a tmpfs with the usual nodes), `/dev/pts`, `/dev/shm`,
-//! `/sys` — and the request's own mounts, in order. `/proc` is left to the
-//! container process: it must be mounted from inside the new PID namespace.
+//! `/sys` — and the request's own mounts, in order, each with its options
+//! ([`MountOpts`]: flags, filesystem parameters, then propagation; a bound
+//! file gets its flags by a bind remount, as runc does). `/proc` and cgroup
+//! mounts are left to the container process ([`ChildMount`]): /proc must be
+//! mounted from inside the new PID namespace, the cgroup hierarchy from
+//! inside the container's cgroup namespace, so that its root is the
+//! container's cgroup.
 //!
 //! When the request mounts a filesystem on one of the default destinations
 //! (containerd's default spec lists them all), its options replace ours
@@ -18,6 +23,7 @@ use std::io;
 use std::os::unix::fs::{chown, symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use mu2_protocol::mount_options::{MountKind, MountOptionError};
 use mu2_protocol::{Mount, MountSource, Root, Run};
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
@@ -51,22 +57,54 @@ pub enum RootfsError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot set the propagation of {path}")]
+    Propagation {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("mount {destination}")]
+    Option {
+        destination: String,
+        #[source]
+        source: MountOptionError,
+    },
     #[error(transparent)]
     Path(#[from] PathError),
 }
 
-/// Where the container process mounts its /proc, with which options.
+/// A filesystem the container process mounts itself, after it entered its
+/// namespaces (/proc, cgroup2), in this order.
 #[derive(Debug, Clone)]
-pub struct ProcMount {
+pub struct ChildMount {
+    pub fstype: String,
     pub target: PathBuf,
     pub opts: MountOpts,
+}
+
+impl ChildMount {
+    /// Mounts it, then applies its propagation words.
+    pub fn mount(&self) -> Result<(), Errno> {
+        mount(
+            Some(self.fstype.as_str()),
+            &self.target,
+            Some(self.fstype.as_str()),
+            self.opts.flags,
+            self.opts.data(),
+        )?;
+        for p in &self.opts.propagation {
+            mount(None::<&str>, &self.target, None::<&str>, *p, None::<&str>)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
 pub struct Prepared {
     /// The container root as the agent sees it.
     pub root: PathBuf,
-    pub proc: ProcMount,
+    /// /proc first, then any cgroup mount.
+    pub in_child: Vec<ChildMount>,
     /// Whether `/dev` is our tmpfs (so /dev/console may be created in it).
     pub dev_is_ours: bool,
 }
@@ -85,19 +123,22 @@ pub fn prepare(run: &Run) -> Result<Prepared, RootfsError> {
     let root = base.join("root");
     mount_root(base, &root, &run.root)?;
 
-    let (defaults, extra) = plan(&run.mounts);
-    let mut proc = None;
+    let (defaults, extra) = plan(&run.mounts)?;
+    let mut in_child = Vec::new();
     let mut dev_is_ours = false;
     for fs in defaults {
+        let target = mount_point(&root, &fs.destination)?;
         if fs.fstype == "proc" {
-            let target = mount_point(&root, &fs.destination)?;
-            proc = Some(ProcMount {
-                target,
-                opts: fs.opts,
-            });
+            in_child.insert(
+                0,
+                ChildMount {
+                    fstype: fs.fstype,
+                    target,
+                    opts: fs.opts,
+                },
+            );
             continue;
         }
-        let target = mount_point(&root, &fs.destination)?;
         do_mount(&fs.fstype, &target, &fs.opts)?;
         if fs.destination == "/dev" && fs.fstype == "tmpfs" {
             populate_dev(&target)?;
@@ -105,6 +146,16 @@ pub fn prepare(run: &Run) -> Result<Prepared, RootfsError> {
         }
     }
     for m in extra {
+        if let MountSource::Fs(t) = &m.source {
+            if fs_type(t) == "cgroup2" {
+                in_child.push(ChildMount {
+                    fstype: "cgroup2".into(),
+                    target: mount_point(&root, &m.destination)?,
+                    opts: options(m)?,
+                });
+                continue;
+            }
+        }
         mount_extra(&root, m)?;
     }
     if run.root.readonly {
@@ -117,18 +168,29 @@ pub fn prepare(run: &Run) -> Result<Prepared, RootfsError> {
             "the read-only root",
         )?;
     }
-    let proc = proc.expect("the defaults always hold /proc");
     Ok(Prepared {
         root,
-        proc,
+        in_child,
         dev_is_ours,
+    })
+}
+
+/// A request mount's options.
+fn options(m: &Mount) -> Result<MountOpts, RootfsError> {
+    let kind = match &m.source {
+        MountSource::Share(_) => MountKind::Share,
+        MountSource::Fs(t) => MountKind::Fs(t),
+    };
+    MountOpts::parse(&m.options, kind, m.readonly).map_err(|source| RootfsError::Option {
+        destination: m.destination.clone(),
+        source,
     })
 }
 
 /// Splits the request's mounts into the defaults (with the request's options
 /// where it names the same destination and type) and the rest.
-fn plan(mounts: &[Mount]) -> (Vec<KernelFs>, Vec<&Mount>) {
-    let mut defaults = default_mounts();
+fn plan(mounts: &[Mount]) -> Result<(Vec<KernelFs>, Vec<&Mount>), RootfsError> {
+    let mut defaults = default_mounts()?;
     let mut extra = Vec::new();
     for m in mounts {
         let dest = normalize(&m.destination);
@@ -139,26 +201,33 @@ fn plan(mounts: &[Mount]) -> (Vec<KernelFs>, Vec<&Mount>) {
             MountSource::Share(_) => None,
         };
         match slot {
-            Some(d) => d.opts = MountOpts::parse(&m.options, m.readonly),
+            Some(d) => d.opts = options(m)?,
             None => extra.push(m),
         }
     }
-    (defaults, extra)
+    Ok((defaults, extra))
 }
 
-fn default_mounts() -> Vec<KernelFs> {
-    let fs = |dest: &str, fstype: &str, opts: &[&str]| KernelFs {
-        destination: dest.into(),
-        fstype: fstype.into(),
-        opts: MountOpts::parse(opts, false),
+fn default_mounts() -> Result<Vec<KernelFs>, RootfsError> {
+    let fs = |dest: &str, fstype: &str, opts: &[&str]| -> Result<KernelFs, RootfsError> {
+        Ok(KernelFs {
+            destination: dest.into(),
+            fstype: fstype.into(),
+            opts: MountOpts::parse(opts, MountKind::Fs(fstype), false).map_err(|source| {
+                RootfsError::Option {
+                    destination: dest.into(),
+                    source,
+                }
+            })?,
+        })
     };
-    vec![
-        fs("/proc", "proc", &["nosuid", "noexec", "nodev"]),
+    Ok(vec![
+        fs("/proc", "proc", &["nosuid", "noexec", "nodev"])?,
         fs(
             "/dev",
             "tmpfs",
             &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        ),
+        )?,
         fs(
             "/dev/pts",
             "devpts",
@@ -170,14 +239,14 @@ fn default_mounts() -> Vec<KernelFs> {
                 "mode=0620",
                 "gid=5",
             ],
-        ),
+        )?,
         fs(
             "/dev/shm",
             "tmpfs",
             &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        ),
-        fs("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
-    ]
+        )?,
+        fs("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+    ])
 }
 
 /// The kernel's name for an OCI mount type. The guest has only the unified
@@ -274,22 +343,16 @@ fn mount_extra(root: &Path, m: &Mount) -> Result<(), RootfsError> {
         return bind_shared_file(root, m, tag, file);
     }
     let target = mount_point(root, &m.destination)?;
+    let opts = options(m)?;
     match &m.source {
-        MountSource::Fs(t) => do_mount(
-            fs_type(t),
-            &target,
-            &MountOpts::parse(&m.options, m.readonly),
-        ),
+        MountSource::Fs(t) => do_mount(fs_type(t), &target, &opts),
         MountSource::Share(tag) => {
-            let opts = MountOpts::parse(&m.options, m.readonly);
             // A volume may change on the host: no loose caching; mmap mode
-            // keeps shared writable mappings working.
-            let mut data =
+            // keeps shared writable mappings working. A bind mount takes no
+            // filesystem parameters (the protocol refuses them), so its
+            // words are all flags, applied by the 9p mount itself.
+            let data =
                 format!("trans=virtio,version=9p2000.L,msize={MSIZE},cache=mmap,access=client");
-            if let Some(extra) = opts.data() {
-                data.push(',');
-                data.push_str(extra);
-            }
             mount_raw(
                 tag,
                 &target,
@@ -297,9 +360,23 @@ fn mount_extra(root: &Path, m: &Mount) -> Result<(), RootfsError> {
                 opts.flags,
                 Some(&data),
                 &format!("9p share {tag}"),
-            )
+            )?;
+            propagate(&target, &opts)
         }
     }
+}
+
+/// Applies the propagation words of a mount that exists.
+fn propagate(target: &Path, opts: &MountOpts) -> Result<(), RootfsError> {
+    for p in &opts.propagation {
+        mount(None::<&str>, target, None::<&str>, *p, None::<&str>).map_err(|source| {
+            RootfsError::Propagation {
+                path: target.to_path_buf(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// A file bind mount: the share (the file's parent directory on the host)
@@ -336,6 +413,7 @@ fn bind_shared_file(root: &Path, m: &Mount, tag: &str, file: &str) -> Result<(),
     }
     let source = hidden.join(file);
     let what = format!("file {file} of share {tag}");
+    let opts = options(m)?;
     mount_raw(
         &source.to_string_lossy(),
         &target,
@@ -344,21 +422,24 @@ fn bind_shared_file(root: &Path, m: &Mount, tag: &str, file: &str) -> Result<(),
         None,
         &what,
     )?;
-    if m.readonly {
+    // A bind takes its flags by a remount, as under runc.
+    let flags = opts.remount_flags();
+    if !flags.is_empty() {
         mount_raw(
             "none",
             &target,
             "",
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
             None,
             &what,
         )?;
     }
-    Ok(())
+    propagate(&target, &opts)
 }
 
 fn do_mount(fstype: &str, target: &Path, opts: &MountOpts) -> Result<(), RootfsError> {
-    mount_raw(fstype, target, fstype, opts.flags, opts.data(), fstype)
+    mount_raw(fstype, target, fstype, opts.flags, opts.data(), fstype)?;
+    propagate(target, opts)
 }
 
 fn mount_raw(
@@ -474,7 +555,7 @@ mod tests {
                 share_file: None,
             },
         ];
-        let (defaults, extra) = plan(&mounts);
+        let (defaults, extra) = plan(&mounts).unwrap();
         let shm = defaults
             .iter()
             .find(|d| d.destination == "/dev/shm")
@@ -489,7 +570,7 @@ mod tests {
 
     #[test]
     fn defaults_mount_dev_before_its_children() {
-        let d = default_mounts();
+        let d = default_mounts().unwrap();
         let pos = |p: &str| d.iter().position(|m| m.destination == p).unwrap();
         assert!(pos("/dev") < pos("/dev/pts"));
         assert!(pos("/dev") < pos("/dev/shm"));

@@ -3,10 +3,12 @@
 //! The process is PID 1 of a new PID namespace, exactly as under runc: the
 //! agent unshares `CLONE_NEWPID` for its next child, forks, and steps its own
 //! children's namespace back (threads cannot be created while it differs).
-//! The child then unshares its mount namespace, mounts /proc, moves the
-//! prepared root onto `/` and chroots into it — `pivot_root` cannot leave the
-//! initramfs rootfs, so this is switch_root's way — and sets up its
-//! terminal, limits and identity before `execve`.
+//! The child joins the container cgroup, unshares its mount and cgroup
+//! namespaces (the latter rooted at that cgroup, so it cannot leave it),
+//! mounts /proc and the cgroup hierarchy, moves the prepared root onto `/`
+//! and chroots into it — `pivot_root` cannot leave the initramfs rootfs, so
+//! this is switch_root's way — and sets up its terminal, limits, identity
+//! and confinement ([`crate::confine`], in runc's order) before `execve`.
 //!
 //! Everything the child needs is computed before the fork (the agent is
 //! single-threaded then), and every failure in the child travels back to the
@@ -19,7 +21,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
-use mu2_protocol::Run;
+use mu2_protocol::{Capabilities, Run, SeccompFilter, Sysctl};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::mount::{mount, MsFlags};
@@ -30,7 +32,8 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
 use nix::unistd::{self, ForkResult, Gid, Pid, Uid};
 
-use crate::rootfs::ProcMount;
+use crate::confine::{self, View};
+use crate::rootfs::ChildMount;
 use crate::sys;
 
 /// PATH when the process's environment has none (runc's default).
@@ -40,6 +43,8 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub enum SpawnError {
     #[error("rlimit resource {0} is not known to the guest kernel")]
     UnknownRlimit(u32),
+    #[error(transparent)]
+    Confine(#[from] confine::ConfineError),
     #[error("{what} contains a NUL byte")]
     Nul { what: &'static str },
     #[error("cannot create the {what} pipe")]
@@ -82,7 +87,7 @@ pub enum ChildStdio {
 #[derive(Debug)]
 pub struct Plan {
     root: PathBuf,
-    proc: ProcMount,
+    in_child: Vec<ChildMount>,
     cgroup_procs: Option<PathBuf>,
     rlimits: Vec<(Resource, u64, u64)>,
     uid: Uid,
@@ -91,6 +96,13 @@ pub struct Plan {
     umask: Option<Mode>,
     cwd: String,
     no_new_privs: bool,
+    oom_score_adj: String,
+    capabilities: Capabilities,
+    seccomp: Option<SeccompFilter>,
+    root_propagation: Option<MsFlags>,
+    sysctls: Vec<Sysctl>,
+    readonly_paths: Vec<String>,
+    masked_paths: Vec<String>,
     arg0: String,
     candidates: Vec<CString>,
     argv: Vec<CString>,
@@ -102,7 +114,7 @@ impl Plan {
     pub fn new(
         run: &Run,
         root: PathBuf,
-        proc: ProcMount,
+        in_child: Vec<ChildMount>,
         cgroup_procs: Option<PathBuf>,
         passwd: Option<&str>,
     ) -> Result<Plan, SpawnError> {
@@ -125,9 +137,10 @@ impl Plan {
             .into_iter()
             .map(|c| cstring(c, "args[0]"))
             .collect::<Result<_, _>>()?;
+        confine::check_known(&p.capabilities)?;
         Ok(Plan {
             root,
-            proc,
+            in_child,
             cgroup_procs,
             rlimits,
             uid: Uid::from_raw(p.user.uid),
@@ -141,6 +154,13 @@ impl Plan {
             umask: p.user.umask.map(|m| Mode::from_bits_truncate(m & 0o777)),
             cwd: p.cwd.clone(),
             no_new_privs: p.no_new_privileges,
+            oom_score_adj: p.oom_score_adj.unwrap_or(0).to_string(),
+            capabilities: p.capabilities,
+            seccomp: p.seccomp.clone(),
+            root_propagation: run.rootfs_propagation.map(crate::mountopts::propagation),
+            sysctls: run.sysctls.clone(),
+            readonly_paths: run.readonly_paths.clone(),
+            masked_paths: run.masked_paths.clone(),
             arg0: p.args[0].clone(),
             candidates,
             argv: p
@@ -312,21 +332,26 @@ fn child(plan: &Plan, stdio: ChildStdio) -> Result<std::convert::Infallible, Chi
     sys::default_sigpipe().map_err(setup("reset SIGPIPE"))?;
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(setup("reset the signal mask"))?;
-    // The agent is exempt from the OOM killer; the container must not be.
-    write_file("/proc/self/oom_score_adj", "0", "reset oom_score_adj")?;
+    // The agent is exempt from the OOM killer; the container is not, and
+    // gets the spec's adjustment (CRI sets one per QoS class).
+    write_file(
+        "/proc/self/oom_score_adj",
+        &plan.oom_score_adj,
+        "set oom_score_adj",
+    )?;
     if let Some(procs) = &plan.cgroup_procs {
         write_file(procs, "0", "join the container cgroup")?;
+        // Rooted at the cgroup just joined: the process sees it as "/" and
+        // cannot move out of it.
+        unshare(CloneFlags::CLONE_NEWCGROUP).map_err(setup("create the cgroup namespace"))?;
     }
     unshare(CloneFlags::CLONE_NEWNS).map_err(setup("create the mount namespace"))?;
-    let proc = &plan.proc;
-    mount(
-        Some("proc"),
-        &proc.target,
-        Some("proc"),
-        proc.opts.flags,
-        proc.opts.data(),
-    )
-    .map_err(setup("mount /proc"))?;
+    for m in &plan.in_child {
+        m.mount().map_err(|e| ChildFailure {
+            kind: KIND_SETUP,
+            message: format!("mount {} on {}: {}", m.fstype, m.target.display(), e.desc()),
+        })?;
+    }
 
     unistd::setsid().map_err(setup("create a session"))?;
     match &stdio {
@@ -360,6 +385,13 @@ fn child(plan: &Plan, stdio: ChildStdio) -> Result<std::convert::Infallible, Chi
         .map_err(setup("move the container root onto /"))?;
     unistd::chroot(".").map_err(setup("chroot into the container root"))?;
     unistd::chdir("/").map_err(setup("enter the container root"))?;
+    confine::view(&View {
+        root_propagation: plan.root_propagation,
+        sysctls: &plan.sysctls,
+        readonly_paths: &plan.readonly_paths,
+        masked_paths: &plan.masked_paths,
+    })
+    .map_err(confined)?;
 
     for (resource, soft, hard) in &plan.rlimits {
         setrlimit(*resource, *soft, *hard).map_err(|e| ChildFailure {
@@ -367,6 +399,17 @@ fn child(plan: &Plan, stdio: ChildStdio) -> Result<std::convert::Infallible, Chi
             message: format!("setrlimit {resource:?}: {}", e.desc()),
         })?;
     }
+    if plan.no_new_privs {
+        nix::sys::prctl::set_no_new_privs().map_err(setup("set no_new_privs"))?;
+    }
+    // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: now,
+    // before the capabilities go (runc's order).
+    if let (Some(f), false) = (&plan.seccomp, plan.no_new_privs) {
+        sys::install_seccomp(f.program(), f.flags())
+            .map_err(setup("install the seccomp filter"))?;
+    }
+    confine::drop_bounding(plan.capabilities.bounding).map_err(confined)?;
+    confine::keep_caps(true).map_err(confined)?;
     unistd::setgroups(&plan.groups).map_err(setup("setgroups"))?;
     unistd::setgid(plan.gid).map_err(|e| ChildFailure {
         kind: KIND_SETUP,
@@ -376,6 +419,8 @@ fn child(plan: &Plan, stdio: ChildStdio) -> Result<std::convert::Infallible, Chi
         kind: KIND_SETUP,
         message: format!("setuid {}: {}", plan.uid, e.desc()),
     })?;
+    confine::keep_caps(false).map_err(confined)?;
+    confine::apply_caps(&plan.capabilities).map_err(confined)?;
     if let Some(mask) = plan.umask {
         nix::sys::stat::umask(mask);
     }
@@ -387,10 +432,19 @@ fn child(plan: &Plan, stdio: ChildStdio) -> Result<std::convert::Infallible, Chi
             e.desc()
         ),
     })?;
-    if plan.no_new_privs {
-        nix::sys::prctl::set_no_new_privs().map_err(setup("set no_new_privs"))?;
+    // With no_new_privs the filter goes last, as close to execve as can be.
+    if let (Some(f), true) = (&plan.seccomp, plan.no_new_privs) {
+        sys::install_seccomp(f.program(), f.flags())
+            .map_err(setup("install the seccomp filter"))?;
     }
     Err(exec(plan))
+}
+
+fn confined(e: confine::ConfineError) -> ChildFailure {
+    ChildFailure {
+        kind: KIND_SETUP,
+        message: crate::chain(&e),
+    }
 }
 
 fn write_file(
@@ -466,27 +520,11 @@ mod tests {
                 args: vec![arg0.into()],
                 env: vec![format!("PATH={path_env}")],
                 cwd: "/work".into(),
-                user: mu2_protocol::User {
-                    uid: 0,
-                    gid: 0,
-                    additional_gids: vec![],
-                    umask: None,
-                },
-                terminal: false,
-                console_size: None,
-                rlimits: vec![],
-                no_new_privileges: false,
+                ..Default::default()
             },
-            hostname: String::new(),
-            mounts: vec![],
-            memory_limit_bytes: None,
-            pids_limit: None,
+            ..Default::default()
         };
-        let proc = ProcMount {
-            target: root.join("proc"),
-            opts: crate::mountopts::MountOpts::parse::<&str>(&[], false),
-        };
-        Plan::new(&run, root.to_path_buf(), proc, None, None).unwrap()
+        Plan::new(&run, root.to_path_buf(), Vec::new(), None, None).unwrap()
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The agent's only `unsafe`: one small function per syscall or ioctl that
 //! `nix` exposes only as `unsafe` (or not at all), each returning a `Result`.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::libc;
@@ -89,4 +89,144 @@ pub fn retry<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
 pub fn kill_raw(pid: nix::unistd::Pid, signal: i32) -> nix::Result<()> {
     // SAFETY: kill takes plain integers and touches no memory of ours.
     Errno::result(unsafe { libc::kill(pid.as_raw(), signal) }).map(drop)
+}
+
+/// `bpf(2)` commands, program and attach types used here
+/// (include/uapi/linux/bpf.h).
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+/// Bytes of the verifier's log kept for an error message.
+const BPF_LOG_SIZE: usize = 16 * 1024;
+
+/// The leading fields of `union bpf_attr` for BPF_PROG_LOAD; the kernel
+/// takes a shorter attr and treats the fields it lacks as zero.
+#[repr(C)]
+#[derive(Default)]
+struct BpfProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// The fields of `union bpf_attr` for BPF_PROG_ATTACH.
+#[repr(C)]
+#[derive(Default)]
+struct BpfProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+}
+
+/// `bpf(BPF_PROG_LOAD)` of a cgroup device program; the error carries the
+/// verifier's log.
+pub fn bpf_load_cgroup_device(insns: &[crate::devices::BpfInsn]) -> std::io::Result<OwnedFd> {
+    let license = c"Apache-2.0";
+    let mut log = vec![0u8; BPF_LOG_SIZE];
+    let mut attr = BpfProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: u32::try_from(insns.len())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::E2BIG))?,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: BPF_LOG_SIZE as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        expected_attach_type: BPF_CGROUP_DEVICE,
+        ..Default::default()
+    };
+    attr.prog_name[..6].copy_from_slice(b"mu2dev");
+    // SAFETY: `attr` is a valid, initialised prefix of bpf_attr whose size
+    // is passed; the instruction, license and log buffers it points to
+    // outlive the call, and the kernel writes at most `log_size` bytes
+    // into the log.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &mut attr as *mut BpfProgLoadAttr,
+            std::mem::size_of::<BpfProgLoadAttr>(),
+        )
+    };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        let text = String::from_utf8_lossy(&log[..end]);
+        let tail: String = text.lines().rev().take(5).collect::<Vec<_>>().join(" / ");
+        return Err(std::io::Error::new(
+            err.kind(),
+            format!("{err}; verifier: {tail}"),
+        ));
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `bpf(BPF_PROG_ATTACH)` of a device program to a cgroup, without
+/// BPF_F_ALLOW_OVERRIDE or MULTI: no cgroup below it can attach another.
+pub fn bpf_attach_cgroup_device(
+    cgroup: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    let attr = BpfProgAttachAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: 0,
+    };
+    // SAFETY: `attr` is a valid prefix of bpf_attr whose size is passed;
+    // both descriptors are borrowed, hence open, for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attr as *const BpfProgAttachAttr,
+            std::mem::size_of::<BpfProgAttachAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER)` of a classic-BPF program given as
+/// 8-byte little-endian `struct sock_filter`s (the protocol checked the
+/// length). Needs no_new_privs or CAP_SYS_ADMIN.
+pub fn install_seccomp(program: &[u8], flags: u32) -> nix::Result<()> {
+    let mut filter: Vec<libc::sock_filter> = program
+        .chunks_exact(8)
+        .map(|c| libc::sock_filter {
+            code: u16::from_le_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    let prog = libc::sock_fprog {
+        len: u16::try_from(filter.len()).map_err(|_| Errno::E2BIG)?,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `filter`, `len` instructions long, both alive
+    // for the call; the kernel copies the program and keeps no pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::c_ulong::from(flags),
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    Errno::result(r).map(drop)
 }

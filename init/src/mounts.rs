@@ -84,11 +84,14 @@ const REST: &[Fs] = &[
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
         data: Some("mode=1777"),
     },
+    // nsdelegate: a cgroup namespace is a delegation boundary, so the
+    // container (in a namespace rooted at its cgroup) can write neither the
+    // limits of that cgroup nor cgroup.procs outside it.
     Fs {
         fstype: "cgroup2",
         target: "/sys/fs/cgroup",
         flags: NOSUID_NODEV_NOEXEC,
-        data: None,
+        data: Some("nsdelegate"),
     },
 ];
 

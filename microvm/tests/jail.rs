@@ -642,6 +642,11 @@ mod jail_released_on_every_end {
             mounts: vec![],
             memory_limit_bytes: None,
             pids_limit: None,
+            masked_paths: vec![],
+            readonly_paths: vec![],
+            sysctls: vec![],
+            device_rules: vec![],
+            rootfs_propagation: None,
         };
         let exit = common::run_to_exit(&mut vm, run);
         assert_eq!(exit.status, 0, "{exit:?}");

@@ -3,24 +3,31 @@
 //!
 //! This is the contract of DESIGN.md made concrete: the image's rootfs is
 //! shared read-only (the guest puts a tmpfs overlay on it unless
-//! `root.readonly`); bind mounts become 9p shares; tmpfs, mqueue and the
-//! like are made by the guest; `/proc`, `/sys`, `/dev`, `/dev/pts`,
-//! `/dev/shm` and cgroup mounts are always provided by the agent and so
-//! skipped here; anything else a VM cannot honour is refused. The memory
-//! limit sizes the guest RAM (plus the guest kernel's own overhead) and is
-//! enforced on the container's processes inside the guest; the CPU quota or
-//! cpuset sizes the vCPUs.
+//! `root.readonly`); bind mounts become 9p shares and tmpfs, proc, cgroup
+//! and the like are made by the guest, all with their options ([`mounts`]);
+//! the process's capabilities, the device policy, sysctls, masked and
+//! read-only paths travel to the agent, which applies them as runc would,
+//! and anything a VM cannot honour is refused by name ([`security`]). The
+//! memory limit sizes the guest RAM (plus the guest kernel's own overhead)
+//! and is enforced on the container's processes inside the guest; the CPU
+//! quota or cpuset sizes the vCPUs.
 
 #![forbid(unsafe_code)]
 
+pub mod mounts;
 pub mod seccomp;
 mod update;
 pub use update::{update, ResourceChange};
+pub mod security;
 
 use std::path::{Path, PathBuf};
 
-use mu2_protocol::{ConsoleSize, Mount, MountSource, Process, Rlimit, Root, Run, User};
+use mu2_protocol::mount_options;
+use mu2_protocol::{ConsoleSize, Process, Rlimit, Root, Run, SeccompFilter, User};
 use oci_spec::runtime::Spec;
+
+pub use mounts::MountError;
+pub use security::SecurityError;
 
 use mu2_microvm::accel::Accel;
 use mu2_microvm::guest::GuestImage;
@@ -33,10 +40,6 @@ pub const ROOTFS_TAG: &str = "rootfs";
 /// Guest RAM added to a container's memory limit for the guest kernel,
 /// init and agent.
 pub const GUEST_OVERHEAD_MIB: u32 = 96;
-/// Destinations the agent always provides itself.
-const AGENT_PROVIDED: &[&str] = &["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm"];
-/// Filesystem types the guest kernel makes on request.
-const GUEST_FS_TYPES: &[&str] = &["tmpfs", "mqueue", "proc", "sysfs", "devpts"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -54,12 +57,20 @@ pub enum BundleError {
     NoArgs,
     #[error("process.cwd {0:?} is not an absolute path")]
     Cwd(PathBuf),
-    #[error("mount {destination}: {reason}")]
-    Mount { destination: String, reason: String },
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+    #[error("the compiled linux.seccomp program is not one the agent takes")]
+    SeccompProgram(#[source] mu2_protocol::ProtocolError),
     #[error("unsupported rlimit {0}")]
     Rlimit(String),
     #[error("memory limit of {0} bytes is outside what a VM can have")]
     Memory(i64),
+    #[error("process.oomScoreAdj {0} is outside -1000..=1000")]
+    OomScoreAdj(i32),
     #[error("invalid linux.resources.cpu: {0}")]
     Cpu(String),
     #[error("cannot update the resources: {0}")]
@@ -153,9 +164,12 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, BundleError> {
         host_path: rootfs,
         readonly: true,
     }];
-    let process = process(spec)?;
-    let mounts = mounts(spec, bundle, &mut shares)?;
-    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let mut process = process(spec)?;
+    security::refuse_spec(spec)?;
+    process.seccomp = seccomp_filter(spec)?;
+    let mounts = mounts::mounts(spec, bundle, &mut shares)?;
+    let linux = spec.linux().as_ref();
+    let resources = linux.and_then(|l| l.resources().as_ref());
     let memory_limit = resources
         .and_then(|r| r.memory().as_ref())
         .and_then(|m| m.limit())
@@ -191,8 +205,50 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, BundleError> {
             mounts,
             memory_limit_bytes: memory_limit.map(|l| l as u64),
             pids_limit,
+            masked_paths: security::paths(
+                "maskedPaths",
+                linux.and_then(|l| l.masked_paths().as_ref()),
+            )?,
+            readonly_paths: security::paths(
+                "readonlyPaths",
+                linux.and_then(|l| l.readonly_paths().as_ref()),
+            )?,
+            sysctls: security::sysctls(linux.and_then(|l| l.sysctl().as_ref()))?,
+            device_rules: security::device_rules(
+                resources
+                    .and_then(|r| r.devices().as_deref())
+                    .unwrap_or_default(),
+            )?,
+            rootfs_propagation: rootfs_propagation(
+                linux.and_then(|l| l.rootfs_propagation().as_deref()),
+            )?,
         },
     })
+}
+
+/// `linux.seccomp` compiled for the guest, if the spec has one.
+fn seccomp_filter(spec: &Spec) -> Result<Option<SeccompFilter>, BundleError> {
+    let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+        return Ok(None);
+    };
+    let f = seccomp::compile(profile)?;
+    SeccompFilter::new(f.program, f.flags)
+        .map(Some)
+        .map_err(BundleError::SeccompProgram)
+}
+
+fn rootfs_propagation(
+    word: Option<&str>,
+) -> Result<Option<mount_options::PropagationChange>, BundleError> {
+    match word.filter(|w| !w.is_empty()) {
+        None => Ok(None),
+        Some(w) => mount_options::propagation(w).map(Some).ok_or_else(|| {
+            BundleError::Security(SecurityError::Refused {
+                field: format!("linux.rootfsPropagation {w:?}"),
+                reason: "not a propagation type".into(),
+            })
+        }),
+    }
 }
 
 fn process(spec: &Spec) -> Result<Process, BundleError> {
@@ -210,6 +266,14 @@ pub fn process_from_json(json: &[u8]) -> Result<Process, BundleError> {
     map_process(&p)
 }
 
+/// Maps an exec's process spec for a VM that runs beside task `task`: the
+/// container's seccomp filter applies to its execs too, as under runc.
+pub fn exec_process(task: &Run, json: &[u8]) -> Result<Process, BundleError> {
+    let mut p = process_from_json(json)?;
+    p.seccomp = task.process.seccomp.clone();
+    Ok(p)
+}
+
 /// Maps an OCI process: the one mapping of config.json's `process` and of
 /// an exec's process spec.
 pub fn map_process(p: &oci_spec::runtime::Process) -> Result<Process, BundleError> {
@@ -220,6 +284,10 @@ pub fn map_process(p: &oci_spec::runtime::Process) -> Result<Process, BundleErro
     let cwd = p.cwd();
     if !cwd.is_absolute() {
         return Err(BundleError::Cwd(cwd.clone()));
+    }
+    security::refuse_process(p)?;
+    if let Some(adj) = p.oom_score_adj().filter(|a| !(-1000..=1000).contains(a)) {
+        return Err(BundleError::OomScoreAdj(adj));
     }
     let u = p.user();
     let rlimits = p
@@ -257,6 +325,9 @@ pub fn map_process(p: &oci_spec::runtime::Process) -> Result<Process, BundleErro
         }),
         rlimits,
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
+        capabilities: security::capabilities(p.capabilities().as_ref())?,
+        seccomp: None,
+        oom_score_adj: p.oom_score_adj(),
     })
 }
 
@@ -281,103 +352,6 @@ fn rlimit_number(name: &str) -> Option<u32> {
         "RLIMIT_RTTIME",
     ];
     NAMES.iter().position(|n| *n == name).map(|i| i as u32)
-}
-
-fn mounts(spec: &Spec, bundle: &Path, shares: &mut Vec<Share>) -> Result<Vec<Mount>, BundleError> {
-    let mut out = Vec::new();
-    for m in spec.mounts().as_deref().unwrap_or_default() {
-        let destination = m.destination().to_string_lossy().into_owned();
-        let refuse = |reason: String| BundleError::Mount {
-            destination: destination.clone(),
-            reason,
-        };
-        if !destination.starts_with('/') {
-            return Err(refuse("destination is not an absolute path".into()));
-        }
-        let trimmed = destination.trim_end_matches('/');
-        let options = m.options().clone().unwrap_or_default();
-        let typ = m.typ().clone().unwrap_or_default();
-        let is_bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
-        if !is_bind
-            && (AGENT_PROVIDED.contains(&trimmed)
-                || typ == "cgroup"
-                || typ == "cgroup2"
-                || trimmed == "/sys/fs/cgroup")
-        {
-            continue;
-        }
-        let readonly = options.iter().any(|o| o == "ro");
-        if is_bind {
-            let source = m
-                .source()
-                .as_ref()
-                .ok_or_else(|| refuse("bind mount without a source".into()))?;
-            let source = if source.is_absolute() {
-                source.clone()
-            } else {
-                bundle.join(source)
-            };
-            // A VM shares directories: a file travels as its parent
-            // directory plus its name, and the guest binds just that file.
-            // The guest kernel (not the container) then sees the file's
-            // siblings too, read-only when the mount is.
-            let (dir, share_file) = if source.is_dir() {
-                (source, None)
-            } else if source.is_file() {
-                let name = source.file_name().map(|n| n.to_string_lossy().into_owned());
-                match (source.parent(), name) {
-                    (Some(parent), Some(name)) => (parent.to_path_buf(), Some(name)),
-                    _ => {
-                        return Err(refuse(format!(
-                            "bind source {} has no parent",
-                            source.display()
-                        )))
-                    }
-                }
-            } else {
-                return Err(refuse(format!(
-                    "bind source {} is neither a directory nor a regular file",
-                    source.display()
-                )));
-            };
-            let tag = match shares
-                .iter()
-                .skip(1)
-                .find(|s| s.host_path == dir && s.readonly == readonly && share_file.is_some())
-            {
-                Some(s) => s.tag.clone(),
-                None => {
-                    let tag = format!("vol{}", shares.len() - 1);
-                    shares.push(Share {
-                        tag: tag.clone(),
-                        host_path: dir,
-                        readonly,
-                    });
-                    tag
-                }
-            };
-            out.push(Mount {
-                destination,
-                source: MountSource::Share(tag),
-                options: Vec::new(),
-                readonly,
-                share_file,
-            });
-        } else if GUEST_FS_TYPES.contains(&typ.as_str()) {
-            out.push(Mount {
-                destination,
-                source: MountSource::Fs(typ),
-                options,
-                readonly,
-                share_file: None,
-            });
-        } else {
-            return Err(refuse(format!(
-                "type {typ:?} cannot be honoured inside a microVM"
-            )));
-        }
-    }
-    Ok(out)
 }
 
 fn vcpus(cpu: Option<&oci_spec::runtime::LinuxCpu>) -> Result<u32, BundleError> {
@@ -424,6 +398,7 @@ fn cpuset_count(list: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mu2_protocol::{Capabilities, MountSource};
     use serde_json::json;
 
     fn bundle(config: serde_json::Value) -> tempfile::TempDir {
@@ -497,11 +472,19 @@ mod tests {
         let b = bundle(base());
         let p = load(b.path()).unwrap();
         let m = &p.run.mounts;
-        assert_eq!(m.len(), 2, "{m:?}");
-        assert_eq!(m[0].source, MountSource::Fs("tmpfs".into()));
-        assert_eq!(m[0].options, ["size=1m"]);
-        assert_eq!(m[1].source, MountSource::Share("vol0".into()));
-        assert!(m[1].readonly);
+        // Every mount travels with its options, the agent's defaults too.
+        let dests: Vec<&str> = m.iter().map(|m| m.destination.as_str()).collect();
+        assert_eq!(
+            dests,
+            ["/proc", "/dev", "/sys/fs/cgroup", "/scratch", "/data"],
+            "{m:?}"
+        );
+        assert_eq!(m[2].source, MountSource::Fs("cgroup".into()));
+        assert_eq!(m[3].source, MountSource::Fs("tmpfs".into()));
+        assert_eq!(m[3].options, ["size=1m"]);
+        assert_eq!(m[4].source, MountSource::Share("vol0".into()));
+        assert_eq!(m[4].options, ["rbind", "ro"]);
+        assert!(m[4].readonly);
         assert_eq!(p.shares[1].tag, "vol0");
         assert!(p.shares[1].readonly);
         assert!(p.shares[1].host_path.ends_with("data"));
@@ -517,8 +500,83 @@ mod tests {
         c["mounts"] = json!([{"destination": "/x", "type": "bind", "source": "/nonexistent-mu2"}]);
         assert!(matches!(
             load(bundle(c).path()),
-            Err(BundleError::Mount { .. })
+            Err(BundleError::Mount(MountError::Refused { .. }))
         ));
+        // An option the guest cannot apply is refused by name.
+        for (m, word) in [
+            (
+                json!({"destination": "/x", "type": "bind", "source": "data", "options": ["rbind", "idmap"]}),
+                "idmap",
+            ),
+            (
+                json!({"destination": "/x", "type": "tmpfs", "source": "tmpfs", "options": ["bogus=1"]}),
+                "bogus=1",
+            ),
+            (
+                json!({"destination": "/x", "type": "bind", "source": "data", "options": ["rbind", "size=1m"]}),
+                "size=1m",
+            ),
+        ] {
+            let mut c = base();
+            c["mounts"] = json!([m]);
+            let e = load(bundle(c).path()).unwrap_err();
+            let text = format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            );
+            assert!(text.contains(word) && text.contains("/x"), "{text}");
+        }
+    }
+
+    #[test]
+    fn security_settings_reach_the_run() {
+        let mut c = base();
+        c["process"]["capabilities"] = json!({
+            "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+            "permitted": ["CAP_KILL"],
+        });
+        c["linux"]["maskedPaths"] = json!(["/proc/kcore"]);
+        c["linux"]["readonlyPaths"] = json!(["/proc/sys"]);
+        c["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1"});
+        c["linux"]["resources"]["devices"] = json!([{"allow": false, "access": "rwm"}]);
+        c["linux"]["rootfsPropagation"] = json!("rslave");
+        c["process"]["oomScoreAdj"] = json!(-998);
+        let p = load(bundle(c).path()).unwrap();
+        assert_eq!(p.run.process.oom_score_adj, Some(-998));
+        let caps = p.run.process.capabilities;
+        assert_eq!(caps.bounding, (1 << 5) | (1 << 10));
+        assert_eq!(caps.permitted, 1 << 5);
+        assert_eq!(caps.effective, 0);
+        assert_eq!(p.run.masked_paths, ["/proc/kcore"]);
+        assert_eq!(p.run.readonly_paths, ["/proc/sys"]);
+        assert_eq!(p.run.sysctls[0].name, "kernel.shm_rmid_forced");
+        assert_eq!(
+            p.run.device_rules.len(),
+            1 + security::runc_allowed_devices().len()
+        );
+        assert!(!p.run.device_rules[0].allow);
+        assert_eq!(
+            p.run.rootfs_propagation.map(mu2_protocol::propagation_word),
+            Some("rslave")
+        );
+        // No capabilities listed: none.
+        let p = load(bundle(base()).path()).unwrap();
+        assert_eq!(p.run.process.capabilities, Capabilities::default());
+        let mut c = base();
+        c["process"]["oomScoreAdj"] = json!(1001);
+        assert!(matches!(
+            load(bundle(c).path()),
+            Err(BundleError::OomScoreAdj(1001))
+        ));
+        let mut c = base();
+        c["linux"]["rootfsPropagation"] = json!("sideways");
+        assert!(load(bundle(c).path()).is_err());
+        let mut c = base();
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        let e = load(bundle(c).path()).unwrap_err();
+        assert!(e.to_string().contains("linux.uidMappings"), "{e}");
     }
 
     #[test]
@@ -590,6 +648,33 @@ mod tests {
         ));
         let e = process_from_json(br#"{"cwd": "/", "user": {"uid": 0, "gid": 0}, "args": []}"#);
         assert!(matches!(e, Err(BundleError::NoArgs)), "{e:?}");
+    }
+
+    #[test]
+    fn seccomp_is_compiled_for_the_process_and_its_execs() {
+        let profile: serde_json::Value = serde_json::from_str(include_str!(
+            "../tests/data/containerd-default-seccomp.json"
+        ))
+        .unwrap();
+        let mut c = base();
+        c["linux"]["seccomp"] = profile;
+        let p = load(bundle(c).path()).unwrap();
+        let f = p.run.process.seccomp.clone().expect("a filter");
+        assert!(f.instructions() > 10);
+        let exec = exec_process(&p.run, base()["process"].to_string().as_bytes()).unwrap();
+        assert_eq!(exec.seccomp, Some(f));
+        // Without a profile, none.
+        assert!(load(bundle(base()).path())
+            .unwrap()
+            .run
+            .process
+            .seccomp
+            .is_none());
+        let mut c = base();
+        c["linux"]["seccomp"] =
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/a.sock"});
+        let e = load(bundle(c).path()).unwrap_err();
+        assert!(e.to_string().contains("listenerPath"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod frame;
 pub mod messages;
+pub mod mount_options;
 
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/proto/mod.rs"));

@@ -7,6 +7,7 @@ use protobuf::{EnumOrUnknown, Message, MessageField};
 
 use crate::frame::{read_frame, write_frame};
 use crate::generated::agent as pb;
+use crate::mount_options::{self, MountKind, PropagationChange};
 use crate::{invalid, ProtocolError, PROTOCOL_VERSION};
 
 /// Largest number of args, env entries, mounts, groups or rlimits accepted.
@@ -14,6 +15,21 @@ pub const MAX_LIST_LEN: usize = 4096;
 
 /// Highest signal number Linux delivers (SIGRTMAX).
 pub const MAX_SIGNAL: i32 = 64;
+
+/// Bytes of one classic-BPF instruction (`struct sock_filter`).
+pub const SECCOMP_INSN_LEN: usize = 8;
+/// Longest seccomp program the kernel loads (BPF_MAXINSNS).
+pub const MAX_SECCOMP_INSNS: usize = 4096;
+/// SECCOMP_FILTER_FLAG_* bits a filter may carry: TSYNC (1), LOG (2) and
+/// SPEC_ALLOW (4). NEW_LISTENER and the flags that go with it need a
+/// seccomp agent on the host, which a VM cannot reach.
+pub const SECCOMP_FLAGS_ALLOWED: u32 = 0b111;
+/// Most device rules accepted (the program that enforces them stays far
+/// below the kernel's limits).
+pub const MAX_DEVICE_RULES: usize = 1024;
+/// Longest sysctl name and value accepted.
+pub const MAX_SYSCTL_NAME: usize = 256;
+pub const MAX_SYSCTL_VALUE: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ready {
@@ -44,6 +60,68 @@ pub struct ConsoleSize {
     pub cols: u16,
 }
 
+/// The five capability sets; bit N is capability number N.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub bounding: u64,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: u64,
+}
+
+/// A seccomp filter compiled on the host: a classic-BPF program of
+/// `struct sock_filter` instructions (little-endian) and the flags to
+/// install it with. Only [`SeccompFilter::new`] makes one, so every filter
+/// has a whole number of instructions, at least one and at most
+/// [`MAX_SECCOMP_INSNS`], and only [`SECCOMP_FLAGS_ALLOWED`] flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeccompFilter {
+    program: Vec<u8>,
+    flags: u32,
+}
+
+impl SeccompFilter {
+    pub fn new(program: Vec<u8>, flags: u32) -> Result<SeccompFilter, ProtocolError> {
+        if program.is_empty() || !program.len().is_multiple_of(SECCOMP_INSN_LEN) {
+            return Err(invalid(
+                "process.seccomp_filter",
+                format!(
+                    "{} bytes is not a whole number of {SECCOMP_INSN_LEN}-byte instructions",
+                    program.len()
+                ),
+            ));
+        }
+        let insns = program.len() / SECCOMP_INSN_LEN;
+        if insns > MAX_SECCOMP_INSNS {
+            return Err(invalid(
+                "process.seccomp_filter",
+                format!("{insns} instructions, at most {MAX_SECCOMP_INSNS}"),
+            ));
+        }
+        if flags & !SECCOMP_FLAGS_ALLOWED != 0 {
+            return Err(invalid(
+                "process.seccomp_flags",
+                format!("{flags:#x} has flags other than TSYNC, LOG and SPEC_ALLOW"),
+            ));
+        }
+        Ok(SeccompFilter { program, flags })
+    }
+
+    /// The instructions, 8 bytes each.
+    pub fn program(&self) -> &[u8] {
+        &self.program
+    }
+
+    pub fn flags(&self) -> u32 {
+        self.flags
+    }
+
+    pub fn instructions(&self) -> usize {
+        self.program.len() / SECCOMP_INSN_LEN
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Process {
     pub args: Vec<String>,
@@ -54,6 +132,11 @@ pub struct Process {
     pub console_size: Option<ConsoleSize>,
     pub rlimits: Vec<Rlimit>,
     pub no_new_privileges: bool,
+    /// All zero unless config.json lists capabilities.
+    pub capabilities: Capabilities,
+    pub seccomp: Option<SeccompFilter>,
+    /// `/proc/self/oom_score_adj` of the process (-1000..=1000).
+    pub oom_score_adj: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,13 +159,83 @@ pub struct Mount {
     pub share_file: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Root {
     pub share_tag: String,
     pub readonly: bool,
 }
 
+/// A kernel parameter for `/proc/sys`, by its dotted name.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sysctl {
+    pub name: String,
+    pub value: String,
+}
+
+impl Sysctl {
+    /// `net.ipv4.ip_forward` → `net/ipv4/ip_forward`, the path under
+    /// /proc/sys.
+    pub fn path(&self) -> String {
+        self.name.replace('.', "/")
+    }
+}
+
+/// Checks a sysctl name: dot-separated non-empty components without `/`
+/// or NUL (so it can name nothing outside /proc/sys), bounded.
+pub fn check_sysctl(name: &str, value: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_SYSCTL_NAME {
+        return Err(format!(
+            "name {name:?} is empty or longer than {MAX_SYSCTL_NAME} bytes"
+        ));
+    }
+    if name.split('.').any(|c| c.is_empty()) || name.contains(['/', '\0']) {
+        return Err(format!(
+            "name {name:?} is not a dotted sysctl name (empty component, '/' or NUL)"
+        ));
+    }
+    if value.len() > MAX_SYSCTL_VALUE || value.contains('\0') {
+        return Err(format!(
+            "value of {name} is longer than {MAX_SYSCTL_VALUE} bytes or holds a NUL"
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// Every device (OCI type "a").
+    All,
+    Char,
+    Block,
+}
+
+/// The accesses a device rule is about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceAccess {
+    pub read: bool,
+    pub write: bool,
+    pub mknod: bool,
+}
+
+impl DeviceAccess {
+    pub const ALL: DeviceAccess = DeviceAccess {
+        read: true,
+        write: true,
+        mknod: true,
+    };
+}
+
+/// One rule of the container's device policy. `None` numbers match any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub allow: bool,
+    pub kind: DeviceKind,
+    pub major: Option<u32>,
+    pub minor: Option<u32>,
+    pub access: DeviceAccess,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Run {
     pub root: Root,
     pub process: Process,
@@ -90,6 +243,13 @@ pub struct Run {
     pub mounts: Vec<Mount>,
     pub memory_limit_bytes: Option<u64>,
     pub pids_limit: Option<u64>,
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+    pub sysctls: Vec<Sysctl>,
+    /// The last rule that matches a device and an access decides it; none
+    /// matching denies.
+    pub device_rules: Vec<DeviceRule>,
+    pub rootfs_propagation: Option<PropagationChange>,
 }
 
 /// One resource limit of an [`Update`].
@@ -315,6 +475,33 @@ impl TryFrom<pb::Process> for Process {
                 hard: r.hard,
             })
             .collect();
+        let capabilities = p
+            .capabilities
+            .as_ref()
+            .map(|c| Capabilities {
+                bounding: c.bounding,
+                effective: c.effective,
+                permitted: c.permitted,
+                inheritable: c.inheritable,
+                ambient: c.ambient,
+            })
+            .unwrap_or_default();
+        let seccomp = if p.seccomp_filter.is_empty() {
+            if p.seccomp_flags != 0 {
+                return Err(invalid("process.seccomp_flags", "set without a filter"));
+            }
+            None
+        } else {
+            Some(SeccompFilter::new(p.seccomp_filter, p.seccomp_flags)?)
+        };
+        if let Some(adj) = p.oom_score_adj {
+            if !(-1000..=1000).contains(&adj) {
+                return Err(invalid(
+                    "process.oom_score_adj",
+                    format!("{adj} is outside -1000..=1000"),
+                ));
+            }
+        }
         Ok(Process {
             args,
             env,
@@ -324,6 +511,9 @@ impl TryFrom<pb::Process> for Process {
             console_size,
             rlimits,
             no_new_privileges: p.no_new_privileges,
+            capabilities,
+            seccomp,
+            oom_score_adj: p.oom_score_adj,
         })
     }
 }
@@ -355,6 +545,23 @@ impl From<&Process> for pb::Process {
                 })
                 .collect(),
             no_new_privileges: p.no_new_privileges,
+            capabilities: (p.capabilities != Capabilities::default())
+                .then(|| pb::Capabilities {
+                    bounding: p.capabilities.bounding,
+                    effective: p.capabilities.effective,
+                    permitted: p.capabilities.permitted,
+                    inheritable: p.capabilities.inheritable,
+                    ambient: p.capabilities.ambient,
+                    ..Default::default()
+                })
+                .into(),
+            seccomp_filter: p
+                .seccomp
+                .as_ref()
+                .map(|f| f.program.clone())
+                .unwrap_or_default(),
+            seccomp_flags: p.seccomp.as_ref().map_or(0, |f| f.flags),
+            oom_score_adj: p.oom_score_adj,
             ..Default::default()
         }
     }
@@ -370,9 +577,15 @@ impl TryFrom<pb::Mount> for Mount {
             _ => return Err(invalid("mount.source", "neither a share tag nor a type")),
         };
         let options = bounded("mount.options", m.options)?;
+        let kind = match &source {
+            MountSource::Share(_) => MountKind::Share,
+            MountSource::Fs(t) => MountKind::Fs(t),
+        };
         for o in &options {
             no_nul("mount.options", o)?;
         }
+        mount_options::parse_all(&options, kind)
+            .map_err(|e| invalid("mount.options", e.to_string()))?;
         let share_file = if m.share_file.is_empty() {
             None
         } else {
@@ -440,6 +653,47 @@ impl TryFrom<pb::Run> for Run {
             .into_iter()
             .map(Mount::try_from)
             .collect::<Result<_, _>>()?;
+        let masked_paths = bounded("run.masked_paths", r.masked_paths)?;
+        for p in &masked_paths {
+            absolute("run.masked_paths", p)?;
+        }
+        let readonly_paths = bounded("run.readonly_paths", r.readonly_paths)?;
+        for p in &readonly_paths {
+            absolute("run.readonly_paths", p)?;
+        }
+        let sysctls = bounded("run.sysctls", r.sysctls)?
+            .into_iter()
+            .map(|s| {
+                check_sysctl(&s.name, &s.value).map_err(|e| invalid("run.sysctls", e))?;
+                Ok(Sysctl {
+                    name: s.name,
+                    value: s.value,
+                })
+            })
+            .collect::<Result<_, ProtocolError>>()?;
+        if r.device_rules.len() > MAX_DEVICE_RULES {
+            return Err(invalid(
+                "run.device_rules",
+                format!("{} rules, at most {MAX_DEVICE_RULES}", r.device_rules.len()),
+            ));
+        }
+        let device_rules = r
+            .device_rules
+            .iter()
+            .map(device_rule)
+            .collect::<Result<_, _>>()?;
+        let rootfs_propagation = if r.rootfs_propagation.is_empty() {
+            None
+        } else {
+            Some(
+                mount_options::propagation(&r.rootfs_propagation).ok_or_else(|| {
+                    invalid(
+                        "run.rootfs_propagation",
+                        format!("{:?} is not a propagation", r.rootfs_propagation),
+                    )
+                })?,
+            )
+        };
         Ok(Run {
             root: Root {
                 share_tag: root.share_tag,
@@ -450,6 +704,11 @@ impl TryFrom<pb::Run> for Run {
             mounts,
             memory_limit_bytes: (r.memory_limit_bytes > 0).then_some(r.memory_limit_bytes),
             pids_limit: (r.pids_limit > 0).then_some(r.pids_limit),
+            masked_paths,
+            readonly_paths,
+            sysctls,
+            device_rules,
+            rootfs_propagation,
         })
     }
 }
@@ -467,8 +726,79 @@ impl From<&Run> for pb::Run {
             mounts: r.mounts.iter().map(Into::into).collect(),
             memory_limit_bytes: r.memory_limit_bytes.unwrap_or(0),
             pids_limit: r.pids_limit.unwrap_or(0),
+            masked_paths: r.masked_paths.clone(),
+            readonly_paths: r.readonly_paths.clone(),
+            sysctls: r
+                .sysctls
+                .iter()
+                .map(|s| pb::Sysctl {
+                    name: s.name.clone(),
+                    value: s.value.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            device_rules: r.device_rules.iter().map(pb_device_rule).collect(),
+            rootfs_propagation: r
+                .rootfs_propagation
+                .map(propagation_word)
+                .unwrap_or_default()
+                .to_string(),
             ..Default::default()
         }
+    }
+}
+
+fn device_rule(r: &pb::DeviceRule) -> Result<DeviceRule, ProtocolError> {
+    use pb::device_rule::Kind;
+    let kind = match r.kind.enum_value() {
+        Ok(Kind::ALL) => DeviceKind::All,
+        Ok(Kind::CHAR) => DeviceKind::Char,
+        Ok(Kind::BLOCK) => DeviceKind::Block,
+        _ => return Err(invalid("run.device_rules.kind", "not all, char or block")),
+    };
+    Ok(DeviceRule {
+        allow: r.allow,
+        kind,
+        major: r.major,
+        minor: r.minor,
+        access: DeviceAccess {
+            read: r.read,
+            write: r.write,
+            mknod: r.mknod,
+        },
+    })
+}
+
+fn pb_device_rule(r: &DeviceRule) -> pb::DeviceRule {
+    use pb::device_rule::Kind;
+    pb::DeviceRule {
+        allow: r.allow,
+        kind: EnumOrUnknown::new(match r.kind {
+            DeviceKind::All => Kind::ALL,
+            DeviceKind::Char => Kind::CHAR,
+            DeviceKind::Block => Kind::BLOCK,
+        }),
+        major: r.major,
+        minor: r.minor,
+        read: r.access.read,
+        write: r.access.write,
+        mknod: r.access.mknod,
+        ..Default::default()
+    }
+}
+
+/// The OCI word of a propagation change.
+pub fn propagation_word(p: PropagationChange) -> &'static str {
+    use mount_options::Propagation::*;
+    match (p.kind, p.recursive) {
+        (Private, false) => "private",
+        (Private, true) => "rprivate",
+        (Shared, false) => "shared",
+        (Shared, true) => "rshared",
+        (Slave, false) => "slave",
+        (Slave, true) => "rslave",
+        (Unbindable, false) => "unbindable",
+        (Unbindable, true) => "runbindable",
     }
 }
 
@@ -715,6 +1045,15 @@ mod tests {
                     hard: 4096,
                 }],
                 no_new_privileges: true,
+                capabilities: Capabilities {
+                    bounding: 0x2000_0420,
+                    effective: 0x2000_0420,
+                    permitted: 0x2000_0420,
+                    inheritable: 0,
+                    ambient: 1 << 10,
+                },
+                seccomp: Some(SeccompFilter::new(vec![6, 0, 0, 0, 0, 0, 0xff, 0x7f], 2).unwrap()),
+                oom_score_adj: Some(-998),
             },
             hostname: "mu2".into(),
             mounts: vec![
@@ -742,6 +1081,43 @@ mod tests {
             ],
             memory_limit_bytes: Some(64 << 20),
             pids_limit: None,
+            masked_paths: vec!["/proc/kcore".into(), "/sys/firmware".into()],
+            readonly_paths: vec!["/proc/sys".into()],
+            sysctls: vec![Sysctl {
+                name: "kernel.shm_rmid_forced".into(),
+                value: "1".into(),
+            }],
+            device_rules: vec![
+                DeviceRule {
+                    allow: false,
+                    kind: DeviceKind::All,
+                    major: None,
+                    minor: None,
+                    access: DeviceAccess::ALL,
+                },
+                DeviceRule {
+                    allow: true,
+                    kind: DeviceKind::Char,
+                    major: Some(1),
+                    minor: Some(3),
+                    access: DeviceAccess {
+                        read: true,
+                        write: true,
+                        mknod: false,
+                    },
+                },
+                DeviceRule {
+                    allow: true,
+                    kind: DeviceKind::Char,
+                    major: Some(136),
+                    minor: None,
+                    access: DeviceAccess::ALL,
+                },
+            ],
+            rootfs_propagation: Some(PropagationChange {
+                kind: crate::mount_options::Propagation::Slave,
+                recursive: true,
+            }),
         }
     }
 
@@ -854,6 +1230,91 @@ mod tests {
         let mut r = sample_run();
         r.mounts[2].share_file = Some("x".into());
         rejects(r, "mount.share_file");
+        let mut r = sample_run();
+        r.mounts[0].options.push("size=1m".into());
+        rejects(r, "mount.options");
+        let mut r = sample_run();
+        r.mounts[2].options.push("idmap".into());
+        rejects(r, "mount.options");
+        let mut r = sample_run();
+        r.process.oom_score_adj = Some(1001);
+        rejects(r, "process.oom_score_adj");
+        let mut r = sample_run();
+        r.masked_paths.push("proc/kcore".into());
+        rejects(r, "run.masked_paths");
+        let mut r = sample_run();
+        r.readonly_paths.push("sys".into());
+        rejects(r, "run.readonly_paths");
+        for bad in ["", "net..ipv4", "../etc", "net/ipv4", ".kernel"] {
+            let mut r = sample_run();
+            r.sysctls[0].name = bad.into();
+            rejects(r, "run.sysctls");
+        }
+    }
+
+    fn rejects_pb(edit: impl FnOnce(&mut pb::Run), field: &str) {
+        let mut r: pb::Run = (&sample_run()).into();
+        edit(&mut r);
+        match Run::try_from(r) {
+            Err(ProtocolError::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("expected invalid {field}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn seccomp_programs_are_whole_bounded_and_known_flagged() {
+        rejects_pb(
+            |r| r.process.as_mut().unwrap().seccomp_filter.push(0),
+            "process.seccomp_filter",
+        );
+        rejects_pb(
+            |r| r.process.as_mut().unwrap().seccomp_filter = vec![0; 8 * 4097],
+            "process.seccomp_filter",
+        );
+        rejects_pb(
+            |r| r.process.as_mut().unwrap().seccomp_flags = 8,
+            "process.seccomp_flags",
+        );
+        rejects_pb(
+            |r| {
+                let p = r.process.as_mut().unwrap();
+                p.seccomp_filter.clear();
+            },
+            "process.seccomp_flags",
+        );
+        let f = SeccompFilter::new(vec![0; 8 * 4096], 1 | 2 | 4).unwrap();
+        assert_eq!(f.instructions(), 4096);
+        assert!(SeccompFilter::new(Vec::new(), 0).is_err());
+    }
+
+    #[test]
+    fn device_rules_are_bounded_and_typed() {
+        rejects_pb(
+            |r| r.device_rules[0].kind = EnumOrUnknown::from_i32(0),
+            "run.device_rules.kind",
+        );
+        rejects_pb(
+            |r| {
+                let rule = r.device_rules[0].clone();
+                r.device_rules = vec![rule; MAX_DEVICE_RULES + 1];
+            },
+            "run.device_rules",
+        );
+        rejects_pb(
+            |r| r.rootfs_propagation = "sideways".into(),
+            "run.rootfs_propagation",
+        );
+    }
+
+    #[test]
+    fn a_process_without_capabilities_has_none() {
+        let mut r = sample_run();
+        r.process.capabilities = Capabilities::default();
+        r.process.seccomp = None;
+        let pb: pb::Run = (&r).into();
+        assert!(pb.process.capabilities.is_none());
+        assert!(pb.process.seccomp_filter.is_empty());
+        assert_eq!(Run::try_from(pb).unwrap(), r);
     }
 
     #[test]

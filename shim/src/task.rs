@@ -305,7 +305,7 @@ impl TaskService {
             .as_ref()
             .ok_or_else(|| ShimError::InvalidArgument("exec without a process spec".into()))?;
         let mut run = c.plan.run.clone();
-        run.process = oci::process_from_json(&spec.value)?;
+        run.process = oci::exec_process(&c.plan.run, &spec.value)?;
         run.process.terminal = req.terminal;
         let proc = Process::launch(Launch {
             container_id: c.id.clone(),

@@ -113,6 +113,90 @@ fn read_only_root_matches_runc() {
     ctd.assert_nothing_left();
 }
 
+/// Capabilities, seccomp, mount options, masked and read-only paths, the
+/// device policy and the cgroup, as containerd's default spec and ctr's
+/// flags set them: the same under mu2 (inside the guest) as under runc.
+#[test]
+fn security_settings_match_runc() {
+    let Some(ctd) = Containerd::start(false) else {
+        return;
+    };
+    // The default spec: 14 capabilities, masked and read-only paths,
+    // "deny all devices" then runc's allowed ones, no cgroup mount.
+    same_output(
+        &ctd,
+        "confined",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "grep Cap /proc/self/status; \
+             wc -c < /proc/timer_list; ls /proc/acpi /sys/firmware; \
+             echo 1 > /proc/sys/vm/drop_caches; \
+             maj=$(cut -d: -f1 /sys/class/virtio-ports/vport0p1/dev 2>/dev/null || echo 246); \
+             mknod /dev/port1 c $maj 1 && echo made; cat /dev/port1; \
+             echo x > /dev/null && echo null works; \
+             echo $$ > /sys/fs/cgroup/cgroup.procs; mount -t cgroup2 none /mnt; \
+             mu2-probe keyctl",
+        ],
+        b"",
+    );
+    // containerd's default seccomp profile: keyctl is denied.
+    same_output(
+        &ctd,
+        "seccomp",
+        &["--seccomp"],
+        &[
+            "sh",
+            "-c",
+            "mu2-probe keyctl; grep '^Seccomp:' /proc/self/status",
+        ],
+        b"",
+    );
+    same_output(
+        &ctd,
+        "capadd",
+        &["--cap-add", "CAP_SYS_ADMIN", "--cap-drop", "CAP_KILL"],
+        &["grep", "Cap", "/proc/self/status"],
+        b"",
+    );
+    // A user gets no capability without the ambient set ctr cannot give.
+    same_output(
+        &ctd,
+        "capuser",
+        &["--user", "1000:1000", "--cap-add", "CAP_NET_BIND_SERVICE"],
+        &["sh", "-c", "grep Cap /proc/self/status; mu2-probe bind 80"],
+        b"",
+    );
+    let host = tempfile::tempdir().unwrap();
+    let script = host.path().join("run.sh");
+    std::fs::write(&script, "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bind = format!(
+        "type=bind,src={},dst=/m,options=rbind:ro:nosuid:nodev:noexec",
+        host.path().display()
+    );
+    same_output(
+        &ctd,
+        "mountopts",
+        &[
+            "--mount",
+            &bind,
+            "--mount",
+            "type=tmpfs,src=tmpfs,dst=/t,options=nosuid:noexec:nodev:size=4m",
+        ],
+        &[
+            "sh",
+            "-c",
+            "awk '$5 == \"/m\" || $5 == \"/t\" {print $5, $6}' /proc/self/mountinfo; \
+             touch /m/x; /m/run.sh; cat /m/run.sh; \
+             cp /bin/busybox /t/bb && /t/bb true; echo end",
+        ],
+        b"",
+    );
+    ctd.assert_nothing_left();
+}
+
 #[test]
 fn exec_runs_in_its_own_vm() {
     let Some(ctd) = Containerd::start(false) else {

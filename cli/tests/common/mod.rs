@@ -250,3 +250,37 @@ pub fn assert_nothing_left_with(id: &str, bundle: &Path, mode: &mu2_microvm::jai
         }
     }
 }
+
+/// Runs the same bundle under runc, the reference runtime, with stdin
+/// from /dev/null. The root is made read-only for runc, so that the shared
+/// test rootfs is never written; tests compare what does not write to it.
+pub fn runc(bundle: &TestBundle) -> Output {
+    let dir = tempfile::Builder::new()
+        .prefix("mu2-runc-")
+        .tempdir()
+        .unwrap();
+    let mut config = bundle.config.clone();
+    config["root"]["readonly"] = Value::Bool(true);
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_vec_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    let id = unique_id("runc");
+    let mut child = Command::new("runc")
+        .arg("run")
+        .arg("--bundle")
+        .arg(dir.path())
+        .arg(&id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn runc");
+    let out = collect(&mut child, b"");
+    let _ = Command::new("runc")
+        .args(["delete", "--force", &id])
+        .stderr(Stdio::null())
+        .status();
+    out
+}

@@ -2,8 +2,9 @@
 //!
 //! Each subcommand makes the process do or report one thing the tests check
 //! from the host side (exit by a forced fault, memory pressure, identity,
-//! limits, terminal size, a large byte-exact output), the way youki's
-//! `runtimetest` reports what a container sees.
+//! limits, terminal size, a large byte-exact output, binding a port, a
+//! syscall a seccomp profile denies), the way youki's `runtimetest` reports
+//! what a container sees.
 
 #![deny(unsafe_code)]
 
@@ -11,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: mu2-probe segv | alloc MB | urandom N | ids | pid | rlimit NAME | nnp | winsize | write-stdout MIB | sleep SECS | setxattr PATH NAME HEX";
+const USAGE: &str = "usage: mu2-probe segv | alloc MB | urandom N | ids | pid | rlimit NAME | nnp | winsize | write-stdout MIB | sleep SECS | setxattr PATH NAME HEX | bind PORT | keyctl";
 
 nix::ioctl_read_bad!(tiocgwinsz, nix::libc::TIOCGWINSZ, nix::pty::Winsize);
 
@@ -63,6 +64,13 @@ fn run(args: &[&str]) -> Result<(), String> {
         }
         ["write-stdout", mib] => write_stdout(num(mib)?),
         ["setxattr", path, name, hex] => setxattr(path, name, &unhex(hex)?),
+        ["bind", port] => {
+            let port = u16::try_from(num(port)?).map_err(|_| format!("{port} is not a port"))?;
+            std::net::TcpListener::bind(("0.0.0.0", port))
+                .map_err(|e| format!("bind port {port}: {e}"))?;
+            out(&format!("bound port {port}\n"))
+        }
+        ["keyctl"] => keyctl(),
         ["sleep", secs] => {
             std::thread::sleep(std::time::Duration::from_secs(num(secs)?));
             Ok(())
@@ -92,6 +100,30 @@ fn segv() -> Result<(), String> {
     // how this subcommand gets the kernel to raise SIGSEGV.
     let v = unsafe { std::ptr::read_volatile(addr) };
     Err(format!("reading {addr:?} returned {v} instead of faulting"))
+}
+
+#[allow(unsafe_code)]
+/// keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0): a call
+/// Docker's and containerd's default seccomp profiles deny with EPERM (the
+/// keyring is not namespaced). Prints "keyctl: ok" or the errno.
+fn keyctl() -> Result<(), String> {
+    const KEYCTL_GET_KEYRING_ID: nix::libc::c_long = 0;
+    const KEY_SPEC_SESSION_KEYRING: nix::libc::c_long = -3;
+    // SAFETY: keyctl with this command takes two integers and touches no
+    // memory of ours.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_keyctl,
+            KEYCTL_GET_KEYRING_ID,
+            KEY_SPEC_SESSION_KEYRING,
+            0,
+        )
+    };
+    if r < 0 {
+        out(&format!("keyctl: {}\n", nix::errno::Errno::last()))
+    } else {
+        out("keyctl: ok\n")
+    }
 }
 
 fn alloc(mb: u64) -> Result<(), String> {
