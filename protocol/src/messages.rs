@@ -15,6 +15,9 @@ pub const MAX_LIST_LEN: usize = 4096;
 /// Highest signal number Linux delivers (SIGRTMAX).
 pub const MAX_SIGNAL: i32 = 64;
 
+/// Longest text kept of a guest's `StartFailed` message (sanitised).
+pub const MAX_MESSAGE_LEN: usize = 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ready {
     pub protocol_version: u32,
@@ -520,10 +523,11 @@ impl Wire for GuestMsg {
                 if r.agent_version.len() > 256 || r.kernel_release.len() > 256 {
                     return Err(invalid("ready", "version string longer than 256 bytes"));
                 }
+                // Both end up in logs.
                 Ok(GuestMsg::Ready(Ready {
                     protocol_version: r.protocol_version,
-                    agent_version: r.agent_version,
-                    kernel_release: r.kernel_release,
+                    agent_version: crate::text::sanitize(&r.agent_version, 256),
+                    kernel_release: crate::text::sanitize(&r.kernel_release, 256),
                     uptime_ns: r.uptime_ns,
                 }))
             }
@@ -537,9 +541,9 @@ impl Wire for GuestMsg {
                     Ok(Reason::INVALID) => StartFailReason::Invalid,
                     _ => return Err(invalid("start_failed.reason", "unknown")),
                 };
-                let mut message = f.message;
-                // The message is shown to users: keep it one bounded line.
-                message.truncate(message.floor_char_boundary_compat(1024));
+                // The message is shown to users (mu2's stderr, containerd's
+                // error text): bounded, and no control character survives.
+                let message = crate::text::sanitize(&f.message, MAX_MESSAGE_LEN);
                 Ok(GuestMsg::StartFailed { reason, message })
             }
             Some(Kind::Exit(e)) => {
@@ -561,22 +565,6 @@ impl Wire for GuestMsg {
             }
             None => Err(invalid("guest_message.kind", "not set")),
         }
-    }
-}
-
-trait FloorCharBoundary {
-    fn floor_char_boundary_compat(&self, max: usize) -> usize;
-}
-
-impl FloorCharBoundary for String {
-    fn floor_char_boundary_compat(&self, max: usize) -> usize {
-        if self.len() <= max {
-            return self.len();
-        }
-        (0..=max)
-            .rev()
-            .find(|&i| self.is_char_boundary(i))
-            .unwrap_or(0)
     }
 }
 
@@ -738,6 +726,49 @@ mod tests {
         .encode()
         .unwrap();
         assert!(GuestMsg::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn guest_text_is_sanitised_on_decode() {
+        let bytes = GuestMsg::StartFailed {
+            reason: StartFailReason::Setup,
+            message: format!(
+                "chdir \x1b]0;owned\x07/\x1b[2J: no such file{}",
+                "x".repeat(5000)
+            ),
+        }
+        .encode()
+        .unwrap();
+        match GuestMsg::decode(&bytes).unwrap() {
+            GuestMsg::StartFailed { message, .. } => {
+                assert!(
+                    !message.contains('\x1b') && !message.contains('\x07'),
+                    "{message:?}"
+                );
+                assert!(
+                    message.starts_with("chdir \\x1b]0;owned\\x07/\\x1b[2J"),
+                    "{message:?}"
+                );
+                assert!(message.len() <= MAX_MESSAGE_LEN + crate::text::CUT_MARKER.len());
+                assert!(message.ends_with(crate::text::CUT_MARKER));
+            }
+            other => panic!("{other:?}"),
+        }
+        let bytes = GuestMsg::Ready(Ready {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: "1\x1b[31m".into(),
+            kernel_release: "6.1\r".into(),
+            uptime_ns: 0,
+        })
+        .encode()
+        .unwrap();
+        match GuestMsg::decode(&bytes).unwrap() {
+            GuestMsg::Ready(r) => {
+                assert_eq!(r.agent_version, "1\\x1b[31m");
+                assert_eq!(r.kernel_release, "6.1\\x0d");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
