@@ -149,5 +149,7 @@ mod tests {
             Output::File("/log/%4é".into())
         );
         assert!(parse_output("binary:///bin/l?%4é=%e9").is_ok());
+        // What the fuzz target found in its first second on the old code.
+        assert!(parse_output("binary://li&=://li&=%oě%4'cad").is_err());
     }
 }
