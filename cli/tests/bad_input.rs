@@ -144,3 +144,19 @@ fn a_console_tail_full_of_escapes_is_sanitised() {
         "{stderr}"
     );
 }
+
+/// The smallest memory limit accepted (docs/architecture.md) boots and
+/// runs a shell under it; one byte less is refused before boot.
+#[test]
+fn the_smallest_memory_limit_runs() {
+    let Some(base) = setup() else { return };
+    let mut b = TestBundle::new(&base, &["sh", "-c", "echo hi from a small guest"]);
+    b.config["linux"]["resources"] = json!({"memory": {"limit": mu2_oci::MIN_MEMORY_LIMIT}});
+    let out = run_id(&b, "mem-floor");
+    assert_eq!(out.code(), 0, "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "hi from a small guest\n");
+    b.config["linux"]["resources"] = json!({"memory": {"limit": mu2_oci::MIN_MEMORY_LIMIT - 1}});
+    let out = run_id(&b, "mem-below");
+    assert_eq!(out.code(), 125);
+    assert!(out.stderr_str().contains("linux.resources.memory.limit"));
+}
