@@ -3,21 +3,29 @@
 //! It must never panic; what it accepts fits in one frame.
 #![no_main]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use mu2_protocol::{HostMsg, Wire, MAX_FRAME_LEN};
 
+/// This process's bundle, under fuzz/target (so nothing is left in /tmp):
+/// one per process, as `-jobs` runs several; those of processes that are
+/// gone are removed first.
 fn bundle() -> &'static PathBuf {
     static BUNDLE: OnceLock<PathBuf> = OnceLock::new();
     BUNDLE.get_or_init(|| {
-        let d = tempfile::Builder::new()
-            .prefix("mu2-fuzz-config-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        std::fs::create_dir(d.join("rootfs")).unwrap();
+        let parent = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/config-bundles");
+        std::fs::create_dir_all(&parent).unwrap();
+        for e in std::fs::read_dir(&parent).unwrap().flatten() {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            if !Path::new("/proc").join(&pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let d = parent.join(std::process::id().to_string());
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("rootfs")).unwrap();
         std::fs::create_dir(d.join("data")).unwrap();
         std::fs::write(d.join("data/file"), "x").unwrap();
         d
