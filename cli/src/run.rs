@@ -123,10 +123,14 @@ impl RunError {
     }
 }
 
+/// Longest error text mu2 prints.
+pub const MAX_ERROR_LEN: usize = 64 * 1024;
+
 /// The error and its causes on one line (the console tail, when there is
-/// one, follows on its own lines).
+/// one, follows on its own lines), sanitised: it may quote the guest (a
+/// StartFailed message, its console) and goes to a terminal.
 pub fn describe(e: &RunError) -> String {
-    mu2_microvm::describe_error(e)
+    mu2_protocol::text::sanitize(mu2_microvm::describe_error(e), MAX_ERROR_LEN)
 }
 
 fn default_id() -> String {
@@ -399,4 +403,28 @@ fn spawn_stdin_relay(mut vm_stdin: UnixStream, sender: ControlSender) {
         }
         let _ = sender.send(&HostMsg::StdinClose { total_bytes: total });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_quoting_the_guest_are_sanitised() {
+        let e = RunError::StartFailed {
+            reason: StartFailReason::Setup,
+            message: "chdir /\x1b[2J\x1b]0;owned\x07: no such file".into(),
+        };
+        assert_eq!(
+            describe(&e),
+            "chdir /\\x1b[2J\\x1b]0;owned\\x07: no such file"
+        );
+        let e = RunError::VmGone {
+            id: "v1".into(),
+            console: "[ 1.0] \x1b[31mred\nlast line\r".into(),
+        };
+        let text = describe(&e);
+        assert!(!text.contains('\x1b') && !text.contains('\r'), "{text:?}");
+        assert!(text.ends_with("\\x1b[31mred\nlast line\\x0d"), "{text:?}");
+    }
 }

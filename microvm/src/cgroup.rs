@@ -70,11 +70,20 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Limits for a VM with this much guest RAM and these many vCPUs.
+    /// Limits for a VM with this much guest RAM and these many vCPUs on
+    /// this host.
     pub fn for_vm(memory_mib: u32, vcpus: u32) -> Limits {
+        Limits::for_vm_on(memory_mib, vcpus, crate::spec::host_cpus())
+    }
+
+    /// Limits for a VM on a host with `host_cpus` CPUs: the CPU cap (vCPUs
+    /// plus one for QEMU's I/O thread) never exceeds the host's CPUs, so a
+    /// cap means something on a small host.
+    pub fn for_vm_on(memory_mib: u32, vcpus: u32, host_cpus: u32) -> Limits {
+        let cpus = (u64::from(vcpus) + 1).min(u64::from(host_cpus.max(1)));
         Limits {
             memory_bytes: (u64::from(memory_mib) + VMM_OVERHEAD_MIB) << 20,
-            cpu_quota_us: (u64::from(vcpus) + 1) * CPU_PERIOD_US,
+            cpu_quota_us: cpus * CPU_PERIOD_US,
             pids: VMM_PIDS_MAX,
         }
     }
@@ -142,7 +151,9 @@ fn layout(mountinfo: &str) -> Result<Layout, CgroupError> {
             freezer: find("freezer")?,
         });
     }
-    v2.filter(|p| p.join("cgroup.controllers").exists() || cfg!(test))
+    // A cgroup2 mount without controllers (a hybrid host's "unified"
+    // hierarchy is one) cannot hold a memory limit.
+    v2.filter(|p| p.join("cgroup.controllers").exists())
         .map(Layout::V2)
         .ok_or(CgroupError::NoController("memory"))
 }
@@ -548,10 +559,6 @@ mod tests {
 41 31 0:37 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
 
-    const V2_HOST: &str = "\
-25 30 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate
-";
-
     const COMOUNTED: &str = "\
 32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
 35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
@@ -574,12 +581,38 @@ mod tests {
         }
     }
 
+    /// A mount table whose only cgroup hierarchy is a cgroup2 mount at
+    /// `dir`.
+    fn v2_host_at(dir: &Path) -> String {
+        format!(
+            "25 30 0:22 / {} rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n",
+            dir.display()
+        )
+    }
+
     #[test]
     fn a_unified_host_uses_v2() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
         assert_eq!(
-            layout(V2_HOST).unwrap(),
-            Layout::V2(PathBuf::from("/sys/fs/cgroup"))
+            layout(&v2_host_at(d.path())).unwrap(),
+            Layout::V2(d.path().to_path_buf())
         );
+    }
+
+    /// The same table, but the mount point is not a cgroup2 root (no
+    /// `cgroup.controllers`): there is no usable hierarchy.
+    #[test]
+    fn a_cgroup2_mount_without_controllers_is_not_used() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            layout(&v2_host_at(d.path())),
+            Err(CgroupError::NoController("memory"))
+        ));
+        assert!(matches!(
+            layout(&v2_host_at(Path::new("/nonexistent-mu2-cgroup"))),
+            Err(CgroupError::NoController("memory"))
+        ));
     }
 
     #[test]
@@ -594,8 +627,21 @@ mod tests {
 
     #[test]
     fn limits_leave_room_for_the_vmm() {
-        let l = Limits::for_vm(256, 2);
+        let l = Limits::for_vm_on(256, 2, 8);
         assert_eq!(l.memory_bytes, (256 + VMM_OVERHEAD_MIB) << 20);
         assert_eq!(l.cpu_quota_us, 3 * CPU_PERIOD_US);
+    }
+
+    #[test]
+    fn the_cpu_cap_never_exceeds_the_host() {
+        assert_eq!(
+            Limits::for_vm_on(256, 64, 2).cpu_quota_us,
+            2 * CPU_PERIOD_US
+        );
+        assert_eq!(Limits::for_vm_on(256, 1, 2).cpu_quota_us, 2 * CPU_PERIOD_US);
+        assert_eq!(Limits::for_vm_on(256, 1, 1).cpu_quota_us, CPU_PERIOD_US);
+        assert_eq!(Limits::for_vm_on(256, 1, 0).cpu_quota_us, CPU_PERIOD_US);
+        let here = crate::spec::host_cpus();
+        assert!(Limits::for_vm(256, 64).cpu_quota_us <= u64::from(here) * CPU_PERIOD_US);
     }
 }

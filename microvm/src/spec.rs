@@ -11,12 +11,23 @@ use crate::record::Owner;
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 /// Guest RAM when config.json sets no memory limit.
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
-/// Smallest guest RAM that boots Debian's kernel with our initramfs.
-pub const MIN_MEMORY_MIB: u32 = 96;
+/// Smallest guest RAM given to a VM: Debian's kernel with our initramfs
+/// runs out of memory loading its modules at 100 MiB and boots from about
+/// 104 MiB (TCG, 6.1.0-57); this leaves room for the agent and a process.
+pub const MIN_MEMORY_MIB: u32 = 128;
 /// Largest guest RAM a spec may ask for.
 pub const MAX_MEMORY_MIB: u32 = 64 * 1024;
 /// Most vCPUs a spec may ask for.
 pub const MAX_VCPUS: u32 = 64;
+
+/// The CPUs this process may run on (its affinity, and its cgroup's CPU
+/// quota): what vCPUs and the VMM's CPU cap are clamped to. More vCPUs than
+/// host CPUs only adds contention (Kata clamps the same way).
+pub fn host_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
 /// TCG translation-cache size: QEMU's default costs ~240 MiB RSS per VM.
 pub const DEFAULT_TB_SIZE_MIB: u32 = 64;
 /// Most 9p shares a VM may have.

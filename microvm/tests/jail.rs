@@ -989,7 +989,12 @@ mod probe_under_the_jail_is_stopped {
     }
 
     /// A containerd-like socket the test listens on (a path, and an
-    /// abstract name like a shim's): the probe cannot reach either.
+    /// abstract name like a shim's): the probe cannot reach either. The
+    /// allow-list has no `connect` (QEMU only listens, on its QMP socket),
+    /// so the one right outcome is the filter killing the probe at the
+    /// call, whatever the target; the namespaces behind it (no host path in
+    /// the jail, a network namespace of its own for abstract names) are a
+    /// second wall this test does not reach.
     #[test]
     fn connect_containerd() {
         if !is_root() {
@@ -1012,26 +1017,20 @@ mod probe_under_the_jail_is_stopped {
 
         let target = path.to_str().unwrap().to_string();
         let at = format!("@{abstract_name}");
-        for (target, allowed_errno) in [
-            (target.as_str(), libc::ENOENT),
-            ("/run/containerd/containerd.sock", libc::ENOENT),
-            (at.as_str(), libc::ECONNREFUSED),
+        for target in [
+            target.as_str(),
+            "/run/containerd/containerd.sock",
+            at.as_str(),
         ] {
             let p = run_probe(&["connect-containerd", target]);
-            if p.status.signal() == Some(libc::SIGSYS) {
-                continue;
-            }
-            assert!(p.status.success(), "{target}: {} {:?}", p.status, p.stderr);
-            let lines = probe_lines(&p.stderr);
-            assert_eq!(lines.len(), 1, "{:?}", p.stderr);
-            let (call, r, e) = &lines[0];
-            assert_eq!(call, "connect-containerd", "{:?}", p.stderr);
-            assert_eq!(
-                (*r, *e),
-                (-1, allowed_errno),
-                "connect to {target}: {:?}",
+            // socket(AF_UNIX) is allowed (QMP needs it) and returned: the
+            // kill is connect's.
+            assert!(
+                !p.stderr.contains("socket returned"),
+                "socket(AF_UNIX) failed: {:?}",
                 p.stderr
             );
+            assert_killed_by_seccomp(&p, &format!("connect to {target}"));
         }
         for l in [&listener, &abstract_listener] {
             match l.accept() {

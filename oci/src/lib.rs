@@ -3,79 +3,63 @@
 //!
 //! This is the contract of DESIGN.md made concrete: the image's rootfs is
 //! shared read-only (the guest puts a tmpfs overlay on it unless
-//! `root.readonly`); bind mounts become 9p shares and tmpfs, proc, cgroup
-//! and the like are made by the guest, all with their options ([`mounts`]);
-//! the process's capabilities, the device policy, sysctls, masked and
-//! read-only paths travel to the agent, which applies them as runc would,
-//! and anything a VM cannot honour is refused by name ([`security`]). The
-//! memory limit sizes the guest RAM (plus the guest kernel's own overhead)
-//! and is enforced on the container's processes inside the guest; the CPU
-//! quota or cpuset sizes the vCPUs.
+//! `root.readonly`); [`mounts`] become 9p shares or guest filesystems, all
+//! with their options, or are refused; the process is mapped as runc would
+//! run it, and its capabilities, the device policy, sysctls, masked and
+//! read-only paths and its seccomp profile ([`seccomp`], compiled here)
+//! travel to the agent, which applies them as runc would; anything a VM
+//! cannot honour is refused by name ([`security`]). The memory limit sizes
+//! the guest RAM (plus the guest kernel's own overhead) and is enforced on
+//! the container's processes inside the guest; the CPU quota or cpuset sizes
+//! the vCPUs. [`update`] maps containerd's Update.
+//!
+//! Bad input is refused here, before anything starts, with an error naming
+//! the field: config.json is read up to [`MAX_CONFIG_BYTES`], parsed with
+//! the path of whatever does not parse, checked field by field, and the
+//! resulting request is encoded and run through the agent's own decoder
+//! ([`check_run`]) so that nothing a VM would refuse ever boots one.
 
 #![forbid(unsafe_code)]
 
-pub mod mounts;
-pub mod seccomp;
-mod update;
-pub use update::{update, ResourceChange};
-pub mod security;
-
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use mu2_protocol::mount_options;
-use mu2_protocol::{ConsoleSize, Process, Rlimit, Root, Run, SeccompFilter, User};
+use mu2_protocol::{Root, Run, SeccompFilter};
 use oci_spec::runtime::Spec;
-
-pub use mounts::MountError;
-pub use security::SecurityError;
 
 use mu2_microvm::accel::Accel;
 use mu2_microvm::guest::GuestImage;
-use mu2_microvm::spec::{
-    Share, VmSpec, DEFAULT_MEMORY_MIB, DEFAULT_TB_SIZE_MIB, MAX_MEMORY_MIB, MAX_VCPUS,
+use mu2_microvm::spec::{Share, VmSpec, DEFAULT_TB_SIZE_MIB};
+
+mod error;
+pub mod mounts;
+mod process;
+mod request;
+mod resources;
+pub mod seccomp;
+pub mod security;
+mod update;
+
+pub use error::BundleError;
+pub use mounts::MountError;
+pub use process::{exec_process, map_process, process_from_json};
+pub use request::check_run;
+pub use resources::{
+    CFS_PERIOD_RANGE, DEFAULT_CFS_PERIOD, MAX_CPU_ID, MAX_NODE_ID, MIN_CFS_QUOTA, MIN_MEMORY_LIMIT,
 };
+pub use security::SecurityError;
+pub use update::{update, ResourceChange};
 
 /// The share tag of the image's rootfs.
 pub const ROOTFS_TAG: &str = "rootfs";
 /// Guest RAM added to a container's memory limit for the guest kernel,
 /// init and agent.
 pub const GUEST_OVERHEAD_MIB: u32 = 96;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BundleError {
-    #[error("bundle {0} is not a directory")]
-    NotADirectory(PathBuf),
-    #[error("no config.json in bundle {0}")]
-    NoConfig(PathBuf),
-    #[error("malformed {path}: {reason}")]
-    Malformed { path: PathBuf, reason: String },
-    #[error("rootfs {0} does not exist or is not a directory")]
-    NoRootfs(PathBuf),
-    #[error("config.json has no process to run")]
-    NoProcess,
-    #[error("process.args is empty")]
-    NoArgs,
-    #[error("process.cwd {0:?} is not an absolute path")]
-    Cwd(PathBuf),
-    #[error(transparent)]
-    Mount(#[from] MountError),
-    #[error(transparent)]
-    Security(#[from] SecurityError),
-    #[error(transparent)]
-    Seccomp(#[from] seccomp::SeccompError),
-    #[error("the compiled linux.seccomp program is not one the agent takes")]
-    SeccompProgram(#[source] mu2_protocol::ProtocolError),
-    #[error("unsupported rlimit {0}")]
-    Rlimit(String),
-    #[error("memory limit of {0} bytes is outside what a VM can have")]
-    Memory(i64),
-    #[error("process.oomScoreAdj {0} is outside -1000..=1000")]
-    OomScoreAdj(i32),
-    #[error("invalid linux.resources.cpu: {0}")]
-    Cpu(String),
-    #[error("cannot update the resources: {0}")]
-    Update(String),
-}
+/// Most of a config.json (or an exec's process spec) mu2 reads. Real ones
+/// are a few KiB; the request made of it must fit in one protocol frame
+/// (1 MiB) anyway.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 /// What one VM needs to run a bundle's process.
 #[derive(Debug, Clone)]
@@ -88,8 +72,7 @@ pub struct Plan {
 
 impl Plan {
     /// The spec of VM `id`, owned by `owner`, that runs this plan on
-    /// `image`, with the default deadline and translation cache, and a
-    /// quiet console.
+    /// `image`, with the default translation cache and a quiet console.
     // Each argument is one independent fact of the host or the caller
     // (what the image is, which QEMU, accelerator, jail, deadlines, owner).
     #[allow(clippy::too_many_arguments)]
@@ -133,15 +116,66 @@ pub fn load(bundle: &Path) -> Result<Plan, BundleError> {
     if !config.is_file() {
         return Err(BundleError::NoConfig(bundle));
     }
-    let text = std::fs::read_to_string(&config).map_err(|e| BundleError::Malformed {
+    let read_err = |source| BundleError::Read {
         path: config.clone(),
-        reason: e.to_string(),
-    })?;
-    let spec: Spec = serde_json::from_str(&text).map_err(|e| BundleError::Malformed {
+        source,
+    };
+    let file = std::fs::File::open(&config).map_err(read_err)?;
+    let size = file.metadata().map_err(read_err)?.len();
+    let too_big = |size| BundleError::TooBig {
         path: config.clone(),
-        reason: e.to_string(),
-    })?;
+        size,
+        max: MAX_CONFIG_BYTES,
+    };
+    if size > MAX_CONFIG_BYTES {
+        return Err(too_big(size));
+    }
+    // Bounded even if the file grows while it is read.
+    let mut text = Vec::with_capacity(size as usize);
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big(text.len() as u64));
+    }
+    let spec: Spec = parse_json(&config, &text, "")?;
     plan(&spec, &bundle)
+}
+
+/// Parses JSON into `T`; the error names where in the document it failed
+/// (`process.user.uid`), under `prefix`.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    json: &[u8],
+    prefix: &str,
+) -> Result<T, BundleError> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let parsed: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let at = e.path().to_string();
+        // "." is the document itself, "?" a place the parser cannot name.
+        let at = if at == "." || at == "?" {
+            String::new()
+        } else {
+            at
+        };
+        let field = match (prefix.is_empty(), at.is_empty()) {
+            (_, true) => prefix.to_string(),
+            (true, false) => at,
+            (false, false) => format!("{prefix}.{at}"),
+        };
+        BundleError::Malformed {
+            path: path.to_path_buf(),
+            field,
+            reason: e.into_inner().to_string(),
+        }
+    })?;
+    // Trailing characters after the document.
+    de.end().map_err(|e| BundleError::Malformed {
+        path: path.to_path_buf(),
+        field: prefix.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(parsed)
 }
 
 /// Maps a parsed spec whose relative paths are relative to `bundle`.
@@ -150,6 +184,9 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, BundleError> {
     let root_path = root
         .map(|r| r.path().clone())
         .unwrap_or_else(|| PathBuf::from("rootfs"));
+    if root_path.as_os_str().is_empty() {
+        return Err(error::field("root.path", "empty"));
+    }
     let rootfs = if root_path.is_absolute() {
         root_path
     } else {
@@ -164,65 +201,47 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, BundleError> {
         host_path: rootfs,
         readonly: true,
     }];
-    let mut process = process(spec)?;
+    let mut process = process::map_process(spec.process().as_ref().ok_or(BundleError::NoProcess)?)?;
     security::refuse_spec(spec)?;
     process.seccomp = seccomp_filter(spec)?;
     let mounts = mounts::mounts(spec, bundle, &mut shares)?;
     let linux = spec.linux().as_ref();
     let resources = linux.and_then(|l| l.resources().as_ref());
-    let memory_limit = resources
-        .and_then(|r| r.memory().as_ref())
-        .and_then(|m| m.limit())
-        .filter(|&l| l > 0);
-    let memory_mib = match memory_limit {
-        None => DEFAULT_MEMORY_MIB,
-        Some(l) => {
-            let mib = (l as u64).div_ceil(1 << 20);
-            let total = mib + u64::from(GUEST_OVERHEAD_MIB);
-            if total > u64::from(MAX_MEMORY_MIB) {
-                return Err(BundleError::Memory(l));
-            }
-            total as u32
-        }
-    };
-    let vcpus = vcpus(resources.and_then(|r| r.cpu().as_ref()))?;
-    let pids_limit = resources
-        .and_then(|r| r.pids().as_ref())
-        .map(|p| p.limit())
-        .filter(|&l| l > 0)
-        .map(|l| l as u64);
-    Ok(Plan {
-        memory_mib,
-        vcpus,
-        shares,
-        run: Run {
-            root: Root {
-                share_tag: ROOTFS_TAG.into(),
-                readonly: readonly_root,
-            },
-            process,
-            hostname: spec.hostname().clone().unwrap_or_default(),
-            mounts,
-            memory_limit_bytes: memory_limit.map(|l| l as u64),
-            pids_limit,
-            masked_paths: security::paths(
-                "maskedPaths",
-                linux.and_then(|l| l.masked_paths().as_ref()),
-            )?,
-            readonly_paths: security::paths(
-                "readonlyPaths",
-                linux.and_then(|l| l.readonly_paths().as_ref()),
-            )?,
-            sysctls: security::sysctls(linux.and_then(|l| l.sysctl().as_ref()))?,
-            device_rules: security::device_rules(
-                resources
-                    .and_then(|r| r.devices().as_deref())
-                    .unwrap_or_default(),
-            )?,
-            rootfs_propagation: rootfs_propagation(
-                linux.and_then(|l| l.rootfs_propagation().as_deref()),
-            )?,
+    let shape = resources::shape(resources, mu2_microvm::spec::host_cpus())?;
+    let run = Run {
+        root: Root {
+            share_tag: ROOTFS_TAG.into(),
+            readonly: readonly_root,
         },
+        process,
+        hostname: spec.hostname().clone().unwrap_or_default(),
+        mounts,
+        memory_limit_bytes: shape.memory_limit,
+        pids_limit: shape.pids_limit,
+        masked_paths: security::paths(
+            "maskedPaths",
+            linux.and_then(|l| l.masked_paths().as_ref()),
+        )?,
+        readonly_paths: security::paths(
+            "readonlyPaths",
+            linux.and_then(|l| l.readonly_paths().as_ref()),
+        )?,
+        sysctls: security::sysctls(linux.and_then(|l| l.sysctl().as_ref()))?,
+        device_rules: security::device_rules(
+            resources
+                .and_then(|r| r.devices().as_deref())
+                .unwrap_or_default(),
+        )?,
+        rootfs_propagation: rootfs_propagation(
+            linux.and_then(|l| l.rootfs_propagation().as_deref()),
+        )?,
+    };
+    check_run(&run)?;
+    Ok(Plan {
+        memory_mib: shape.memory_mib,
+        vcpus: shape.vcpus,
+        shares,
+        run,
     })
 }
 
@@ -251,154 +270,11 @@ fn rootfs_propagation(
     }
 }
 
-fn process(spec: &Spec) -> Result<Process, BundleError> {
-    map_process(spec.process().as_ref().ok_or(BundleError::NoProcess)?)
-}
-
-/// Maps an OCI process given as JSON, as containerd sends an exec's
-/// process spec.
-pub fn process_from_json(json: &[u8]) -> Result<Process, BundleError> {
-    let p: oci_spec::runtime::Process =
-        serde_json::from_slice(json).map_err(|e| BundleError::Malformed {
-            path: PathBuf::from("<process spec>"),
-            reason: e.to_string(),
-        })?;
-    map_process(&p)
-}
-
-/// Maps an exec's process spec for a VM that runs beside task `task`: the
-/// container's seccomp filter applies to its execs too, as under runc.
-pub fn exec_process(task: &Run, json: &[u8]) -> Result<Process, BundleError> {
-    let mut p = process_from_json(json)?;
-    p.seccomp = task.process.seccomp.clone();
-    Ok(p)
-}
-
-/// Maps an OCI process: the one mapping of config.json's `process` and of
-/// an exec's process spec.
-pub fn map_process(p: &oci_spec::runtime::Process) -> Result<Process, BundleError> {
-    let args = p.args().clone().unwrap_or_default();
-    if args.is_empty() || args[0].is_empty() {
-        return Err(BundleError::NoArgs);
-    }
-    let cwd = p.cwd();
-    if !cwd.is_absolute() {
-        return Err(BundleError::Cwd(cwd.clone()));
-    }
-    security::refuse_process(p)?;
-    if let Some(adj) = p.oom_score_adj().filter(|a| !(-1000..=1000).contains(a)) {
-        return Err(BundleError::OomScoreAdj(adj));
-    }
-    let u = p.user();
-    let rlimits = p
-        .rlimits()
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .map(|r| {
-            let name = serde_json::to_value(r.typ())
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            let resource = rlimit_number(&name).ok_or(BundleError::Rlimit(name))?;
-            Ok(Rlimit {
-                resource,
-                soft: r.soft(),
-                hard: r.hard(),
-            })
-        })
-        .collect::<Result<Vec<_>, BundleError>>()?;
-    Ok(Process {
-        args,
-        env: p.env().clone().unwrap_or_default(),
-        cwd: cwd.to_string_lossy().into_owned(),
-        user: User {
-            uid: u.uid(),
-            gid: u.gid(),
-            additional_gids: u.additional_gids().clone().unwrap_or_default(),
-            umask: u.umask(),
-        },
-        terminal: p.terminal().unwrap_or(false),
-        console_size: p.console_size().as_ref().map(|b| ConsoleSize {
-            rows: b.height().min(u64::from(u16::MAX)) as u16,
-            cols: b.width().min(u64::from(u16::MAX)) as u16,
-        }),
-        rlimits,
-        no_new_privileges: p.no_new_privileges().unwrap_or(false),
-        capabilities: security::capabilities(p.capabilities().as_ref())?,
-        seccomp: None,
-        oom_score_adj: p.oom_score_adj(),
-    })
-}
-
-/// x86_64 numbering of the RLIMIT_* resources.
-fn rlimit_number(name: &str) -> Option<u32> {
-    const NAMES: [&str; 16] = [
-        "RLIMIT_CPU",
-        "RLIMIT_FSIZE",
-        "RLIMIT_DATA",
-        "RLIMIT_STACK",
-        "RLIMIT_CORE",
-        "RLIMIT_RSS",
-        "RLIMIT_NPROC",
-        "RLIMIT_NOFILE",
-        "RLIMIT_MEMLOCK",
-        "RLIMIT_AS",
-        "RLIMIT_LOCKS",
-        "RLIMIT_SIGPENDING",
-        "RLIMIT_MSGQUEUE",
-        "RLIMIT_NICE",
-        "RLIMIT_RTPRIO",
-        "RLIMIT_RTTIME",
-    ];
-    NAMES.iter().position(|n| *n == name).map(|i| i as u32)
-}
-
-fn vcpus(cpu: Option<&oci_spec::runtime::LinuxCpu>) -> Result<u32, BundleError> {
-    let Some(cpu) = cpu else { return Ok(1) };
-    let mut n = 1u32;
-    if let (Some(quota), Some(period)) = (cpu.quota(), cpu.period()) {
-        if quota > 0 && period > 0 {
-            n = (quota as u64).div_ceil(period).min(u64::from(MAX_VCPUS)) as u32;
-        }
-    }
-    if let Some(cpus) = cpu.cpus().as_deref().filter(|c| !c.is_empty()) {
-        let count = cpuset_count(cpus).ok_or_else(|| BundleError::Cpu(format!("cpus {cpus:?}")))?;
-        if cpu.quota().unwrap_or(0) <= 0 {
-            n = count;
-        } else {
-            n = n.min(count);
-        }
-    }
-    Ok(n.clamp(1, MAX_VCPUS))
-}
-
-/// Number of CPUs in a cpuset list such as "0-2,5".
-fn cpuset_count(list: &str) -> Option<u32> {
-    let mut n = 0u32;
-    for part in list.split(',') {
-        let part = part.trim();
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
-                if b < a {
-                    return None;
-                }
-                n = n.checked_add(b - a + 1)?;
-            }
-            None => {
-                part.parse::<u32>().ok()?;
-                n = n.checked_add(1)?;
-            }
-        }
-    }
-    Some(n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mu2_protocol::{Capabilities, MountSource};
+    use mu2_microvm::spec::DEFAULT_MEMORY_MIB;
+    use mu2_protocol::{Capabilities, MountSource, Rlimit};
     use serde_json::json;
 
     fn bundle(config: serde_json::Value) -> tempfile::TempDir {
@@ -675,13 +551,5 @@ mod tests {
             json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/a.sock"});
         let e = load(bundle(c).path()).unwrap_err();
         assert!(e.to_string().contains("listenerPath"), "{e}");
-    }
-
-    #[test]
-    fn cpusets_count() {
-        assert_eq!(cpuset_count("0-2,5"), Some(4));
-        assert_eq!(cpuset_count("3"), Some(1));
-        assert_eq!(cpuset_count("2-1"), None);
-        assert_eq!(cpuset_count("x"), None);
     }
 }

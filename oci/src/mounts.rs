@@ -5,13 +5,13 @@
 //! made by the guest kernel. Every mount keeps its option words, checked
 //! here against the protocol's table (`mu2_protocol::mount_options`): the
 //! guest applies all of them, and a word it cannot apply is refused by name
-//! before a VM starts. The mounts the agent always provides (`/proc`,
+//! before a VM starts; errors name the mount by its index. The mounts the agent always provides (`/proc`,
 //! `/sys`, `/dev`, `/dev/pts`, `/dev/shm`) are sent too, so that the spec's
 //! options for them replace the agent's defaults.
 
 use std::path::Path;
 
-use mu2_microvm::spec::Share;
+use mu2_microvm::spec::{Share, MAX_SHARES};
 use mu2_protocol::mount_options::{self, MountFlag, MountKind, MountOption, MountOptionError};
 use mu2_protocol::{Mount, MountSource};
 use oci_spec::runtime::Spec;
@@ -25,10 +25,15 @@ const GUEST_FS_TYPES: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("mount {destination}: {reason}")]
-    Refused { destination: String, reason: String },
-    #[error("mount {destination}")]
+    #[error("invalid mounts[{index}] (destination {destination:?}): {reason}")]
+    Refused {
+        index: usize,
+        destination: String,
+        reason: String,
+    },
+    #[error("invalid mounts[{index}] (destination {destination:?})")]
     Option {
+        index: usize,
         destination: String,
         #[source]
         source: MountOptionError,
@@ -51,9 +56,16 @@ pub fn mounts(
     shares: &mut Vec<Share>,
 ) -> Result<Vec<Mount>, MountError> {
     let mut out = Vec::new();
-    for m in spec.mounts().as_deref().unwrap_or_default() {
+    for (index, m) in spec
+        .mounts()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         let destination = m.destination().to_string_lossy().into_owned();
         let refuse = |reason: String| MountError::Refused {
+            index,
             destination: destination.clone(),
             reason,
         };
@@ -75,6 +87,7 @@ pub fn mounts(
         }
         let parsed =
             mount_options::parse_all(&options, kind).map_err(|source| MountError::Option {
+                index,
                 destination: destination.clone(),
                 source,
             })?;
@@ -92,6 +105,7 @@ pub fn mounts(
         let source = m
             .source()
             .as_ref()
+            .filter(|s| !s.as_os_str().is_empty())
             .ok_or_else(|| refuse("bind mount without a source".into()))?;
         let source = if source.is_absolute() {
             source.clone()
@@ -128,6 +142,13 @@ pub fn mounts(
         {
             Some(s) => s.tag.clone(),
             None => {
+                if shares.len() >= MAX_SHARES {
+                    return Err(refuse(format!(
+                        "a VM has at most {MAX_SHARES} shares (the rootfs and {} bind \
+                         mounted directories)",
+                        MAX_SHARES - 1
+                    )));
+                }
                 let tag = format!("vol{}", shares.len() - 1);
                 shares.push(Share {
                     tag: tag.clone(),

@@ -9,12 +9,16 @@
 //!
 //! Transport: virtio-serial ports named in [`port`]. Control messages travel
 //! on [`port::CONTROL`]; stdio has raw ports of its own.
+//!
+//! Text the guest sends (its messages, its console) is shown to users only
+//! through [`text::sanitize`].
 
 #![forbid(unsafe_code)]
 
 pub mod frame;
 pub mod messages;
 pub mod mount_options;
+pub mod text;
 
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/proto/mod.rs"));

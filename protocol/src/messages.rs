@@ -938,10 +938,11 @@ impl Wire for GuestMsg {
                 if r.agent_version.len() > 256 || r.kernel_release.len() > 256 {
                     return Err(invalid("ready", "version string longer than 256 bytes"));
                 }
+                // Both end up in logs.
                 Ok(GuestMsg::Ready(Ready {
                     protocol_version: r.protocol_version,
-                    agent_version: r.agent_version,
-                    kernel_release: r.kernel_release,
+                    agent_version: crate::text::sanitize(&r.agent_version, 256),
+                    kernel_release: crate::text::sanitize(&r.kernel_release, 256),
                     uptime_ns: r.uptime_ns,
                 }))
             }
@@ -955,8 +956,7 @@ impl Wire for GuestMsg {
                 Ok(GuestMsg::Prepared { path: p.path })
             }
             Some(Kind::Updated(u)) => {
-                let mut error = u.error;
-                error.truncate(error.floor_char_boundary_compat(MAX_MESSAGE_LEN));
+                let error = crate::text::sanitize(&u.error, MAX_MESSAGE_LEN);
                 Ok(GuestMsg::Updated {
                     error: (!error.is_empty()).then_some(error),
                 })
@@ -971,9 +971,9 @@ impl Wire for GuestMsg {
                     Ok(Reason::INVALID) => StartFailReason::Invalid,
                     _ => return Err(invalid("start_failed.reason", "unknown")),
                 };
-                let mut message = f.message;
-                // The message is shown to users: keep it one bounded line.
-                message.truncate(message.floor_char_boundary_compat(MAX_MESSAGE_LEN));
+                // The message is shown to users (mu2's stderr, containerd's
+                // error text): bounded, and no control character survives.
+                let message = crate::text::sanitize(&f.message, MAX_MESSAGE_LEN);
                 Ok(GuestMsg::StartFailed { reason, message })
             }
             Some(Kind::Exit(e)) => {
@@ -995,22 +995,6 @@ impl Wire for GuestMsg {
             }
             None => Err(invalid("guest_message.kind", "not set")),
         }
-    }
-}
-
-trait FloorCharBoundary {
-    fn floor_char_boundary_compat(&self, max: usize) -> usize;
-}
-
-impl FloorCharBoundary for String {
-    fn floor_char_boundary_compat(&self, max: usize) -> usize {
-        if self.len() <= max {
-            return self.len();
-        }
-        (0..=max)
-            .rev()
-            .find(|&i| self.is_char_boundary(i))
-            .unwrap_or(0)
     }
 }
 
@@ -1169,7 +1153,14 @@ mod tests {
         let mut wire = Vec::new();
         write_msg(&mut wire, &chatty).unwrap();
         match read_msg::<_, GuestMsg>(&mut &wire[..]).unwrap().unwrap() {
-            GuestMsg::Updated { error: Some(e) } => assert!(e.len() <= MAX_MESSAGE_LEN),
+            GuestMsg::Updated { error: Some(e) } => {
+                assert!(
+                    e.len() <= MAX_MESSAGE_LEN + crate::text::CUT_MARKER.len(),
+                    "{}",
+                    e.len()
+                );
+                assert!(e.ends_with(crate::text::CUT_MARKER));
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -1336,6 +1327,49 @@ mod tests {
         .encode()
         .unwrap();
         assert!(GuestMsg::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn guest_text_is_sanitised_on_decode() {
+        let bytes = GuestMsg::StartFailed {
+            reason: StartFailReason::Setup,
+            message: format!(
+                "chdir \x1b]0;owned\x07/\x1b[2J: no such file{}",
+                "x".repeat(5000)
+            ),
+        }
+        .encode()
+        .unwrap();
+        match GuestMsg::decode(&bytes).unwrap() {
+            GuestMsg::StartFailed { message, .. } => {
+                assert!(
+                    !message.contains('\x1b') && !message.contains('\x07'),
+                    "{message:?}"
+                );
+                assert!(
+                    message.starts_with("chdir \\x1b]0;owned\\x07/\\x1b[2J"),
+                    "{message:?}"
+                );
+                assert!(message.len() <= MAX_MESSAGE_LEN + crate::text::CUT_MARKER.len());
+                assert!(message.ends_with(crate::text::CUT_MARKER));
+            }
+            other => panic!("{other:?}"),
+        }
+        let bytes = GuestMsg::Ready(Ready {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: "1\x1b[31m".into(),
+            kernel_release: "6.1\r".into(),
+            uptime_ns: 0,
+        })
+        .encode()
+        .unwrap();
+        match GuestMsg::decode(&bytes).unwrap() {
+            GuestMsg::Ready(r) => {
+                assert_eq!(r.agent_version, "1\\x1b[31m");
+                assert_eq!(r.kernel_release, "6.1\\x0d");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

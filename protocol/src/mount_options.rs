@@ -87,6 +87,9 @@ pub enum MountOptionError {
     NotForKind { word: String, what: String },
 }
 
+/// Longest piece of an unknown option word an error quotes.
+const QUOTED_WORD_MAX: usize = 64;
+
 /// Flag words: (word, flag, set).
 const FLAGS: &[(&str, MountFlag, bool)] = {
     use MountFlag::*;
@@ -225,21 +228,23 @@ pub fn parse(word: &str, kind: MountKind<'_>) -> Result<MountOption, MountOption
         });
     }
     let key = word.split_once('=').map_or(word, |(k, _)| k);
+    // An error quotes the word, bounded: it may be megabytes of anything.
+    let quoted = || crate::text::sanitize(word, QUOTED_WORD_MAX);
     match kind {
         MountKind::Fs(fstype) if parameters(fstype).contains(&key) => {
             Ok(MountOption::Data(word.to_string()))
         }
         MountKind::Fs(fstype) if !parameters(fstype).is_empty() => {
             Err(MountOptionError::NotForKind {
-                word: word.to_string(),
+                word: quoted(),
                 what: format!("a {fstype} filesystem"),
             })
         }
         MountKind::Share => Err(MountOptionError::NotForKind {
-            word: word.to_string(),
+            word: quoted(),
             what: "a bind mount".to_string(),
         }),
-        MountKind::Fs(_) => Err(MountOptionError::Unknown(word.to_string())),
+        MountKind::Fs(_) => Err(MountOptionError::Unknown(quoted())),
     }
 }
 

@@ -89,9 +89,15 @@ impl ShimError {
     }
 }
 
+/// Longest error text handed to containerd.
+pub const MAX_STATUS_LEN: usize = 16 * 1024;
+
 impl From<ShimError> for ttrpc::Error {
+    /// The text may hold what a guest said (a StartFailed message, a
+    /// console tail): containerd shows it to users, so it is sanitised.
     fn from(e: ShimError) -> Self {
-        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), describe(&e)))
+        let text = mu2_protocol::text::sanitize(describe(&e), MAX_STATUS_LEN);
+        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), text))
     }
 }
 
@@ -139,5 +145,19 @@ mod tests {
             Code::UNIMPLEMENTED
         );
         assert_eq!(status(ShimError::VmGone("t1".into())).0, Code::UNKNOWN);
+    }
+
+    #[test]
+    fn guest_text_reaches_containerd_sanitised() {
+        let (code, msg) = status(ShimError::StartFailed {
+            what: "task t1".into(),
+            reason: StartFailReason::Setup,
+            message: "chdir /\x1b[2J\x1b]0;x\x07: no such file".into(),
+        });
+        assert_eq!(code, Code::FAILED_PRECONDITION);
+        assert_eq!(
+            msg,
+            "cannot start the process of task t1: chdir /\\x1b[2J\\x1b]0;x\\x07: no such file"
+        );
     }
 }

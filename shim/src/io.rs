@@ -16,10 +16,10 @@
 //! drains what is buffered and stops. Either way the agent learns the end of
 //! stdin with the byte count (`StdinClose`).
 //!
-//! containerd 1.6 passes a log URI (`ctr run --log-uri`) as the stdout and
-//! stderr paths, and mu2 honours it as runc's shim does: `file:///abs/path`
-//! appends both streams to that file; `binary:///abs/path?k=v` starts that
-//! logger with the output on fds 3 and 4, a pipe on fd 5 it closes (or
+//! containerd 1.6 passes a log URI (`ctr run --log-uri`, parsed by
+//! [`crate::log_uri`]) as the stdout and stderr paths, and mu2 honours it as
+//! runc's shim does: `file:///abs/path` appends both streams to that file;
+//! `binary:///abs/path?k=v` starts that logger with the output on fds 3 and 4, a pipe on fd 5 it closes (or
 //! writes to) once ready, `k v` as arguments and only `CONTAINER_ID` and
 //! `CONTAINER_NAMESPACE` in its environment. A logger that does not end
 //! once its input did is sent SIGTERM, then SIGKILL.
@@ -46,6 +46,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::error::ShimError;
+use crate::log_uri::{parse_output, Output};
 
 /// How often a stdin relay looks whether it was told to close.
 const STDIN_POLL_MS: u16 = 100;
@@ -56,84 +57,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ShimError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Where containerd wants a process's output.
-#[derive(Debug, PartialEq, Eq)]
-enum Output {
-    /// Null IO.
-    None,
-    /// A FIFO containerd reads (a plain path or `fifo://`).
-    Fifo(PathBuf),
-    /// A log file to append to (`file://`).
-    File(PathBuf),
-    /// A logger to start (`binary://`).
-    Binary { path: PathBuf, args: Vec<String> },
-}
-
-fn parse_output(path: &str) -> Result<Output, ShimError> {
-    if path.is_empty() {
-        return Ok(Output::None);
-    }
-    let Some((scheme, rest)) = path.split_once("://") else {
-        return Ok(Output::Fifo(PathBuf::from(path)));
-    };
-    let uri_path = |rest: &str| -> Result<PathBuf, ShimError> {
-        // `file:///p` (no host); a query or fragment is not part of the path.
-        let p = rest.split(['?', '#']).next().unwrap_or_default();
-        let p = percent_decode(p);
-        if !p.starts_with('/') || p.contains("/../") || p.ends_with("/..") {
-            return Err(ShimError::InvalidArgument(format!(
-                "log uri {path}: not an absolute path"
-            )));
-        }
-        Ok(PathBuf::from(p))
-    };
-    match scheme {
-        "fifo" => Ok(Output::Fifo(uri_path(rest)?)),
-        "file" => Ok(Output::File(uri_path(rest)?)),
-        "binary" => {
-            let query = rest.split_once('?').map(|(_, q)| q).unwrap_or_default();
-            let query = query.split('#').next().unwrap_or_default();
-            let mut args = Vec::new();
-            for pair in query.split('&').filter(|p| !p.is_empty()) {
-                let (k, v) = match pair.split_once('=') {
-                    Some((k, v)) => (k, Some(v)),
-                    None => (pair, None),
-                };
-                args.push(percent_decode(&k.replace('+', " ")));
-                if let Some(v) = v {
-                    args.push(percent_decode(&v.replace('+', " ")));
-                }
-            }
-            Ok(Output::Binary {
-                path: uri_path(rest)?,
-                args,
-            })
-        }
-        other => Err(ShimError::InvalidArgument(format!(
-            "log uri {path}: scheme {other} is not supported by mu2 (file, binary and fifo are)"
-        ))),
-    }
-}
-
-/// `%XX` escapes of a URI path; a malformed escape stays as it is.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A process's stdout and stderr, and the logger behind them if any.
@@ -414,39 +337,6 @@ pub fn spawn_stdin_relay(mut to: UnixStream, closer: StdinCloser, sender: Contro
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn output_paths_and_log_uris() {
-        assert_eq!(parse_output("").unwrap(), Output::None);
-        assert_eq!(
-            parse_output("/run/ctd/fifo-1").unwrap(),
-            Output::Fifo("/run/ctd/fifo-1".into())
-        );
-        assert_eq!(
-            parse_output("fifo:///run/x").unwrap(),
-            Output::Fifo("/run/x".into())
-        );
-        assert_eq!(
-            parse_output("file:///var/log/a%20b.log?x=1").unwrap(),
-            Output::File("/var/log/a b.log".into())
-        );
-        assert!(parse_output("file://relative/x").is_err());
-        assert!(parse_output("file:///a/../etc").is_err());
-        assert_eq!(
-            parse_output("binary:///usr/bin/log?dir=/x+y&v").unwrap(),
-            Output::Binary {
-                path: "/usr/bin/log".into(),
-                args: vec!["dir".into(), "/x y".into(), "v".into()],
-            }
-        );
-        assert!(parse_output("syslog:///dev/log").is_err());
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("/a%2Fb%"), "/a/b%");
-        assert_eq!(percent_decode("/%zz%4"), "/%zz%4");
-    }
 
     #[test]
     fn log_files_are_appended_to() {

@@ -11,6 +11,7 @@
 pub mod error;
 pub mod events;
 pub mod io;
+pub mod log_uri;
 pub mod mount;
 pub mod process;
 pub mod shim;

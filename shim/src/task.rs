@@ -307,6 +307,8 @@ impl TaskService {
         let mut run = c.plan.run.clone();
         run.process = oci::exec_process(&c.plan.run, &spec.value)?;
         run.process.terminal = req.terminal;
+        // The task's mounts plus this process must still fit one frame.
+        oci::check_run(&run)?;
         let proc = Process::launch(Launch {
             container_id: c.id.clone(),
             exec_id: req.exec_id.clone(),

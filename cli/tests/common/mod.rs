@@ -37,6 +37,18 @@ pub fn setup() -> Option<PathBuf> {
     Some(base)
 }
 
+/// The kernel release the guest image's manifest names (the image tests
+/// run against: `MU2_GUEST_DIR` or the installed one).
+pub fn guest_kernel_release() -> String {
+    let image = mu2_microvm::GuestImage::locate(None).expect("a guest image");
+    let manifest = std::fs::read_to_string(image.dir.join("manifest")).unwrap();
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel_release="))
+        .unwrap_or_else(|| panic!("no kernel_release in {}/manifest", image.dir.display()))
+        .to_string()
+}
+
 /// A bundle in a temp dir: a config.json of our own whose root points at
 /// the shared busybox rootfs (read-only to the VM).
 pub struct TestBundle {

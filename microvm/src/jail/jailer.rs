@@ -49,14 +49,11 @@ fn ioerr(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> JailError {
 
 /// The jailer's `main`.
 pub fn main() -> ! {
-    let mut text = String::new();
+    let mut text = Vec::new();
     let r = std::io::stdin()
-        .read_to_string(&mut text)
+        .read_to_end(&mut text)
         .map_err(ioerr("cannot read the plan on stdin"))
-        .and_then(|_| {
-            serde_json::from_str::<Plan>(&text)
-                .map_err(|e| JailError::Input(format!("malformed plan: {e}")))
-        })
+        .and_then(|_| Plan::parse(&text))
         .and_then(|plan| run(&plan));
     match r {
         Ok(never) => match never {},

@@ -176,6 +176,15 @@ impl Plan {
         })
     }
 
+    /// The plan as `mu2-jailer` reads it on its stdin: JSON, then
+    /// [`Plan::validate`]d. Never panics, whatever the bytes.
+    pub fn parse(json: &[u8]) -> Result<Plan, JailError> {
+        let plan: Plan = serde_json::from_slice(json)
+            .map_err(|e| JailError::Input(format!("malformed plan: {e}")))?;
+        plan.validate()?;
+        Ok(plan)
+    }
+
     /// Re-checks, inside the jailer, what the host side promised.
     pub fn validate(&self) -> Result<(), JailError> {
         if !super::valid_id(&self.id) {
@@ -416,5 +425,28 @@ mod tests {
         let mut p = build(&request(false)).unwrap();
         p.id = "..".into();
         assert!(p.validate().is_err());
+    }
+
+    /// What `mu2-jailer` reads: a built plan round-trips through JSON, the
+    /// fuzz target's seed (a real QEMU plan) parses, and bad bytes are an
+    /// input error, not a panic.
+    #[test]
+    fn plans_parse_as_the_jailer_reads_them() {
+        let p = build(&request(true)).unwrap();
+        let json = serde_json::to_vec(&p).unwrap();
+        assert_eq!(Plan::parse(&json).unwrap(), p);
+        let seed = include_bytes!("../../../fuzz/corpus/jail_plan/seed-qemu-plan.json");
+        let seed = Plan::parse(seed).unwrap();
+        assert_eq!(seed.program, Path::new("/usr/bin/qemu-system-x86_64"));
+        for bad in [&b""[..], b"{", b"[]", b"\xff", br#"{"id": 5}"#] {
+            assert!(
+                matches!(Plan::parse(bad), Err(JailError::Input(_))),
+                "{bad:?}"
+            );
+        }
+        let mut bad = p.clone();
+        bad.binds[0].target = "/a/../b".into();
+        let json = serde_json::to_vec(&bad).unwrap();
+        assert!(matches!(Plan::parse(&json), Err(JailError::Input(_))));
     }
 }
