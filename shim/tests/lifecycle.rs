@@ -22,6 +22,11 @@ use containerd_client::services::v1::{
 use containerd_client::with_namespace;
 use tonic::Request;
 
+/// A request in containerd's `default` namespace.
+fn ns<T>(r: T) -> Request<T> {
+    with_namespace!(r, "default")
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -700,5 +705,121 @@ fn rounds_of_parallel_runs_under_a_cpu_hog_all_finish() {
     for h in hogs {
         let _ = h.join();
     }
+    ctd.assert_nothing_left();
+}
+
+/// What containerd's suite asks of a task once it ended, and of processes
+/// that do not exist or cannot start (TestWaitStoppedTask, TestContainerKill,
+/// TestContainerExitedAtSet, TestTaskResize, TestContainerLoadUnexistingProcess,
+/// TestContainerExecNoBinaryExists, TestDeleteRunningContainer).
+#[test]
+fn answers_before_start_after_exit_and_for_processes_that_cannot_be() {
+    use containerd_client::services::v1::{GetRequest, ResizePtyRequest, StartRequest};
+    let Some(ctd) = Containerd::start(false) else {
+        return;
+    };
+    let id = ctd.id("answers");
+    container(&ctd, &id, &[], &["sh", "-c", "sleep 2; exit 7"]);
+    rt().block_on(async {
+        let mut t = tasks(&ctd).await;
+        let req = CreateTaskRequest {
+            container_id: id.clone(),
+            rootfs: rootfs(&ctd, &id).await,
+            ..Default::default()
+        };
+        t.create(ns(req)).await.expect("create");
+        // A resize of a task without a terminal is a no-op, not an error.
+        let req = ResizePtyRequest {
+            container_id: id.clone(),
+            width: 80,
+            height: 24,
+            ..Default::default()
+        };
+        t.resize_pty(ns(req)).await.expect("resize without a tty");
+        let before = std::time::SystemTime::now();
+        let req = StartRequest {
+            container_id: id.clone(),
+            ..Default::default()
+        };
+        t.start(ns(req)).await.expect("start");
+        // Deleting a running task is refused.
+        let req = DeleteTaskRequest {
+            container_id: id.clone(),
+        };
+        let e = t.delete(ns(req)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+        // An exec whose binary is missing: Exec answers, its Start fails.
+        let spec = serde_json::json!({
+            "args": ["none-such"], "cwd": "/", "env": ["PATH=/bin"],
+            "user": {"uid": 0, "gid": 0}
+        });
+        let req = ExecProcessRequest {
+            container_id: id.clone(),
+            exec_id: "nobin".into(),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value: serde_json::to_vec(&spec).unwrap(),
+            }),
+            ..Default::default()
+        };
+        t.exec(ns(req)).await.expect("exec of a missing binary");
+        let req = StartRequest {
+            container_id: id.clone(),
+            exec_id: "nobin".into(),
+        };
+        let e = t.start(ns(req)).await.unwrap_err();
+        assert!(e.message().contains("none-such"), "{e}");
+        let req = DeleteProcessRequest {
+            container_id: id.clone(),
+            exec_id: "nobin".into(),
+        };
+        t.delete_process(ns(req))
+            .await
+            .expect("delete the failed exec");
+        // An exec nobody made: NotFound.
+        let req = GetRequest {
+            container_id: id.clone(),
+            exec_id: "never-made".into(),
+        };
+        let e = t.get(ns(req)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+        // Wait, and Wait again after the exit: the same status.
+        for _ in 0..2 {
+            let req = WaitRequest {
+                container_id: id.clone(),
+                ..Default::default()
+            };
+            let w = t.wait(ns(req)).await.expect("wait").into_inner();
+            assert_eq!(w.exit_status, 7);
+        }
+        let req = GetRequest {
+            container_id: id.clone(),
+            exec_id: String::new(),
+        };
+        let p = t
+            .get(ns(req))
+            .await
+            .expect("get")
+            .into_inner()
+            .process
+            .unwrap();
+        let at = p.exited_at.expect("exited_at");
+        let at = std::time::UNIX_EPOCH + Duration::new(at.seconds as u64, at.nanos as u32);
+        assert!(at > before, "exited_at {at:?} is before Start");
+        // A kill after the exit: NotFound.
+        let req = KillRequest {
+            container_id: id.clone(),
+            signal: 15,
+            ..Default::default()
+        };
+        let e = t.kill(ns(req)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+        let req = DeleteTaskRequest {
+            container_id: id.clone(),
+        };
+        let d = t.delete(ns(req)).await.expect("delete").into_inner();
+        assert_eq!(d.exit_status, 7);
+    });
+    let _ = ctd.ctr(&["containers", "rm", &id]);
     ctd.assert_nothing_left();
 }
