@@ -614,3 +614,86 @@ fn a_guest_cannot_plant_privileged_files_on_a_writable_share() {
     assert!(seen >= 3, "only {seen} entries on the share");
     assert_eq!(host_xattr(&f, "user.mu2").as_deref(), Some(&b"v"[..]));
 }
+
+/// The guest writes all its output, and exits, while nobody reads: the bytes
+/// still queued between the agent and mu2 (a virtio queue holds megabytes)
+/// must reach the reader when it comes back — the VM may not end before.
+/// (`mu2 run B | (sleep 10; wc -c)`: 270,336 of 4,194,304 bytes arrived.)
+#[test]
+fn output_queued_when_the_process_exits_reaches_a_late_reader() {
+    let Some(base) = setup() else { return };
+    let b = TestBundle::new(&base, &["head", "-c", "4194304", "/dev/zero"]);
+    let id = unique_id("late");
+    let dir = b.write();
+    let mut child = spawn(&id, dir, &[]);
+    let mut stdout = child.stdout.take().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut got).unwrap();
+    let status = wait_deadline(&mut child, RUN_DEADLINE);
+    assert_eq!(got.len(), 4 << 20);
+    assert!(got.iter().all(|&b| b == 0));
+    assert_eq!(status.code(), Some(0));
+    assert_nothing_left(&id, dir);
+}
+
+/// `--timeout`: the process's VM is killed when it runs too long; 124.
+#[test]
+fn a_run_past_its_timeout_is_killed_with_124() {
+    let Some(base) = setup() else { return };
+    let b = TestBundle::new(&base, &["sleep", "600"]);
+    let started = std::time::Instant::now();
+    let out = run_with(&b, b"", &["--timeout", "2s"]);
+    assert_eq!(out.code(), 124, "{}", out.stderr_str());
+    assert!(
+        out.stderr_str().contains("ran past --timeout 2s"),
+        "{}",
+        out.stderr_str()
+    );
+    assert!(started.elapsed() < RUN_DEADLINE);
+}
+
+/// A process that ignores SIGTERM: the first TERM is forwarded (it keeps
+/// running), a second one tears the VM down (143); and one TERM alone does
+/// after `--kill-grace`.
+#[test]
+fn a_second_sigterm_or_the_grace_period_tears_the_vm_down() {
+    let Some(base) = setup() else { return };
+    let b = TestBundle::new(
+        &base,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo ignored' TERM; echo ready; while :; do sleep 0.1; done",
+        ],
+    );
+    for (second, grace) in [(true, "60s"), (false, "2s")] {
+        let id = unique_id("term");
+        let dir = b.write();
+        let mut child = spawn(&id, dir, &["--kill-grace", grace]);
+        let mut lines = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        lines.read_line(&mut first).unwrap();
+        assert_eq!(first, "ready\n");
+        let term = || {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap()
+        };
+        term();
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        assert_eq!(line, "ignored\n", "the first TERM reaches the process");
+        if second {
+            term();
+        }
+        let status = wait_deadline(&mut child, RUN_DEADLINE);
+        assert_eq!(status.code(), Some(143));
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(err.contains("torn down after signal 15"), "{err}");
+        assert_nothing_left(&id, dir);
+    }
+}

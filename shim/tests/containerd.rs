@@ -1172,3 +1172,36 @@ fn tty_and_resize_match_runc() {
     assert_eq!(seen[1], seen[0], "mu2's terminal differs from runc's");
     ctd.assert_nothing_left();
 }
+
+/// The task writes all its output and exits while ctr does not read: every
+/// byte still reaches ctr, and the exit is 0 only then. (Seen before:
+/// 69,632 of 4,194,304 bytes, and exit 0 — silent truncation.)
+#[test]
+fn output_queued_when_the_task_exits_reaches_a_late_reader() {
+    let Some(ctd) = Containerd::start(false) else {
+        return;
+    };
+    let id = ctd.id("late");
+    let mut run = ctd
+        .cmd(&[
+            "run",
+            "--rm",
+            "--runtime",
+            MU2,
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            "head -c 4194304 /dev/zero",
+        ])
+        .spawn()
+        .unwrap();
+    let mut out = run.stdout.take().unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    let mut got = Vec::new();
+    out.read_to_end(&mut got).unwrap();
+    let o = collect(run, None, "ctr run");
+    assert_eq!(got.len(), 4 << 20, "{}", tail(&ctd.log(), 30));
+    assert_eq!(o.code(), 0, "{}", o.err());
+    ctd.assert_nothing_left();
+}

@@ -69,16 +69,21 @@ pub fn collect(mut child: Child, stdin: Option<Vec<u8>>, what: &str) -> Out {
             let _ = cin.write_all(&input);
         });
     }
-    let mut cout = child.stdout.take().unwrap();
-    let mut cerr = child.stderr.take().unwrap();
+    // A stream the caller took (and reads itself) collects as empty.
+    let cout = child.stdout.take();
+    let cerr = child.stderr.take();
     let o = std::thread::spawn(move || {
         let mut v = Vec::new();
-        let _ = cout.read_to_end(&mut v);
+        if let Some(mut c) = cout {
+            let _ = c.read_to_end(&mut v);
+        }
         v
     });
     let e = std::thread::spawn(move || {
         let mut v = Vec::new();
-        let _ = cerr.read_to_end(&mut v);
+        if let Some(mut c) = cerr {
+            let _ = c.read_to_end(&mut v);
+        }
         v
     });
     let deadline = Instant::now() + CTR_DEADLINE;
