@@ -120,8 +120,26 @@ fn a_console_tail_full_of_escapes_is_sanitised() {
              echo o >/proc/sysrq-trigger; sleep 60",
         ],
     );
-    // /proc/sysrq-trigger is read-only in the test bundle, as under runc.
+    // A privileged container: /proc/sysrq-trigger is read-only in the test
+    // bundle, as under runc; making and writing /dev/kmsg and the sysrq
+    // need these capabilities and the device policy's leave.
     b.config["linux"]["readonlyPaths"] = json!([]);
+    let caps = json!([
+        "CAP_MKNOD",
+        "CAP_SYS_ADMIN",
+        "CAP_SYSLOG",
+        "CAP_DAC_OVERRIDE"
+    ]);
+    b.config["process"]["capabilities"] = json!({
+        "bounding": caps, "effective": caps, "permitted": caps
+    });
+    let devices = b.config["linux"]["resources"]["devices"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut devices = devices;
+    devices.push(json!({"allow": true, "type": "c", "major": 1, "minor": 11, "access": "rwm"}));
+    b.config["linux"]["resources"]["devices"] = json!(devices);
     let out = run_id(&b, "esc-console");
     let stderr = out.stderr_str();
     assert_eq!(out.code(), 125, "{stderr}");
