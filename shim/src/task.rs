@@ -45,6 +45,8 @@ struct Container {
     /// The same execs, for the init's owner to end when the init exits.
     exec_list: Arc<Mutex<Vec<Arc<Process>>>>,
     rootfs_mounted: bool,
+    /// What Updates changed since Create, for the execs started after them.
+    updated: Mutex<oci::ResourceChange>,
 }
 
 impl Container {
@@ -254,6 +256,7 @@ impl TaskService {
             execs: Mutex::default(),
             exec_list,
             rootfs_mounted,
+            updated: Mutex::default(),
         });
         self.containers().insert(req.id.clone(), c);
         self.events.send(Event::Create {
@@ -307,6 +310,18 @@ impl TaskService {
         let mut run = c.plan.run.clone();
         run.process = oci::exec_process(&c.plan.run, &spec.value)?;
         run.process.terminal = req.terminal;
+        // Limits as the task's Updates left them.
+        let updated = *c.updated.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = |l: mu2_protocol::Limit| match l {
+            mu2_protocol::Limit::Unlimited => None,
+            mu2_protocol::Limit::Amount(n) => Some(n),
+        };
+        if let Some(l) = updated.limits.memory_bytes {
+            run.memory_limit_bytes = limit(l);
+        }
+        if let Some(l) = updated.limits.pids {
+            run.pids_limit = limit(l);
+        }
         // The task's mounts plus this process must still fit one frame.
         oci::check_run(&run)?;
         let proc = Process::launch(Launch {
@@ -329,6 +344,13 @@ impl TaskService {
             events: self.events.clone(),
             dependents: None,
         })?;
+        if updated.cpu_quota.is_some() || updated.cpu_shares.is_some() {
+            let cpu_only = oci::ResourceChange {
+                limits: mu2_protocol::Update::default(),
+                ..updated
+            };
+            proc.update(&cpu_only, boot_cpu_quota(&c.plan))?;
+        }
         c.exec_list
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -445,11 +467,16 @@ impl TaskService {
                 .filter(|p| matches!(p.status(), Status::Created | Status::Running))
                 .cloned(),
         );
-        let boot = mu2_microvm::cgroup::Limits::for_vm(c.plan.memory_mib, c.plan.vcpus);
-        let boot_quota = (boot.cpu_quota_us, mu2_microvm::cgroup::CPU_PERIOD_US);
+        let boot_quota = boot_cpu_quota(&c.plan);
         for p in &procs {
             p.update(&change, boot_quota)?;
         }
+        // Execs started from now on get the new limits too.
+        let mut u = c.updated.lock().unwrap_or_else(|e| e.into_inner());
+        u.limits.memory_bytes = change.limits.memory_bytes.or(u.limits.memory_bytes);
+        u.limits.pids = change.limits.pids.or(u.limits.pids);
+        u.cpu_quota = change.cpu_quota.or(u.cpu_quota);
+        u.cpu_shares = change.cpu_shares.or(u.cpu_shares);
         log::info!("task {}: updated ({change:?})", req.id);
         Ok(Empty::new())
     }
@@ -529,6 +556,12 @@ impl TaskService {
             ..Default::default()
         })
     }
+}
+
+/// The CPU cap a VM of `plan` boots with (what "no quota" restores).
+fn boot_cpu_quota(plan: &Plan) -> (u64, u64) {
+    let boot = mu2_microvm::cgroup::Limits::for_vm(plan.memory_mib, plan.vcpus);
+    (boot.cpu_quota_us, mu2_microvm::cgroup::CPU_PERIOD_US)
 }
 
 type R<T> = TtrpcResult<T>;

@@ -68,6 +68,8 @@ fn container(ctd: &Containerd, id: &str, opts: &[&str], cmd: &[&str]) {
     args.extend_from_slice(opts);
     args.push(IMAGE);
     args.push(id);
+    // ctr reads flags after the id too (`-c` is its --config): end them.
+    args.push("--");
     args.extend_from_slice(cmd);
     let o = ctd.ctr(&args);
     assert_eq!(o.code(), 0, "create {id}: {}", o.err());
@@ -425,7 +427,11 @@ fn update_changes_what_a_vm_can_and_refuses_the_rest() {
         "--runtime",
         MU2,
         "--memory-limit",
-        "33554432",
+        "67108864",
+        // ctr's default spec has no cgroup mount (CRI's has): give the
+        // container its cgroup, as CRI does, to read its limits.
+        "--mount",
+        "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro",
         IMAGE,
         &id,
         "sleep",
@@ -447,7 +453,7 @@ fn update_changes_what_a_vm_can_and_refuses_the_rest() {
         assert_eq!(o.code(), 0, "{}", o.err());
         o.out().trim().to_string()
     };
-    assert_eq!(memory_max(&ctd), "33554432");
+    assert_eq!(memory_max(&ctd), "67108864");
     let update = |json: serde_json::Value| {
         rt().block_on(async {
             let mut t = tasks(&ctd).await;
@@ -463,9 +469,11 @@ fn update_changes_what_a_vm_can_and_refuses_the_rest() {
             t.update(with_namespace!(req, "default")).await
         })
     };
-    update(serde_json::json!({"memory": {"limit": 67108864}, "cpu": {"quota": 50000, "period": 100000}}))
+    // The guest's RAM is fixed at boot: a limit can go down (or back up
+    // to what the RAM holds), not beyond.
+    update(serde_json::json!({"memory": {"limit": 33554432}, "cpu": {"quota": 50000, "period": 100000}}))
         .unwrap_or_else(|e| panic!("update: {e}\n{}", tail(&ctd.log(), 30)));
-    assert_eq!(memory_max(&ctd), "67108864");
+    assert_eq!(memory_max(&ctd), "33554432");
     let vmm = common::ctd::task_pid(&ctd, &id);
     let quota = vmm_cpu_quota(vmm as u32);
     assert_eq!(quota, Some((50_000, 100_000)), "the VMM's CPU cap");
