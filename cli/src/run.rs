@@ -103,6 +103,8 @@ pub enum RunError {
     Relay(&'static str, #[source] io::Error),
     #[error("cannot set up signal forwarding")]
     Signals(#[source] io::Error),
+    #[error(transparent)]
+    Hook(#[from] mu2_oci::hooks::HookError),
 }
 
 impl RunError {
@@ -196,6 +198,14 @@ pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
         Reply::Ok(path) => log::debug!("vm {id}: args[0] is {path:?}"),
         Reply::Refused(reason, message) => return Err(refused(reason, message)),
     }
+    let vmm_pid = vm.pid();
+    let hook_state = |status| mu2_oci::hooks::State {
+        id: &id,
+        status,
+        pid: vmm_pid,
+        bundle: &opts.bundle,
+    };
+    mu2_oci::hooks::run("createRuntime", &plan.hooks.created, &hook_state("created"))?;
     sender.send(&HostMsg::Start)?;
     match vm.await_reply("Started after Start", |m| match m {
         GuestMsg::Started { pid } => Ok(Reply::Ok(pid.to_string())),
@@ -204,6 +214,10 @@ pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
     })? {
         Reply::Ok(pid) => log::debug!("vm {id}: started as guest pid {pid}"),
         Reply::Refused(reason, message) => return Err(refused(reason, message)),
+    }
+    for e in mu2_oci::hooks::run_logged("poststart", &plan.hooks.poststart, &hook_state("running"))
+    {
+        log::warn!("{}", mu2_microvm::describe_error(&e));
     }
 
     let signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])
@@ -235,6 +249,9 @@ pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
     // QEMU is gone: the relays end at once.
     let _ = out.join(Duration::from_secs(5));
     let _ = err.join(Duration::from_secs(5));
+    for e in mu2_oci::hooks::run_logged("poststop", &plan.hooks.poststop, &hook_state("stopped")) {
+        log::warn!("{}", mu2_microvm::describe_error(&e));
+    }
     let signal = torn_down.load(Ordering::SeqCst);
     if signal != 0 {
         return Err(RunError::TornDown { id, signal });

@@ -697,3 +697,72 @@ fn a_second_sigterm_or_the_grace_period_tears_the_vm_down() {
         assert_nothing_left(&id, dir);
     }
 }
+
+/// OCI hooks on the host: createRuntime and prestart once the container is
+/// created (with the VMM's pid, which is alive then), poststart once it
+/// runs, poststop at the end, in that order, each with the state on stdin;
+/// a failing createRuntime hook fails the run before anything runs; the
+/// hooks of the container's own namespaces are refused by name.
+#[test]
+fn oci_hooks_run_on_the_host_in_order() {
+    let Some(base) = setup() else { return };
+    let host = tempfile::tempdir().unwrap();
+    let log = host.path().join("hooks.log");
+    let hook = |stage: &str| {
+        json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!(
+                "read -r s; pid=$(echo \"$s\" | sed 's/.*\"pid\":\\([0-9]*\\).*/\\1/'); \
+                 st=$(echo \"$s\" | sed 's/.*\"status\":\"\\([a-z]*\\)\".*/\\1/'); \
+                 echo \"{stage} $st $(cat /proc/$pid/comm 2>/dev/null || echo gone)\" >> {}",
+                log.display()
+            )],
+            "timeout": 30
+        })
+    };
+    let mut b = TestBundle::new(&base, &["sh", "-c", "echo ran"]);
+    b.config["hooks"] = json!({
+        "createRuntime": [hook("createRuntime")],
+        "prestart": [hook("prestart")],
+        "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")]
+    });
+    let out = run(&b);
+    assert_eq!(out.code(), 0, "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "ran\n");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines[0], "createRuntime created qemu-system-x86", "{text}");
+    assert_eq!(lines[1], "prestart created qemu-system-x86", "{text}");
+    assert!(lines[2].starts_with("poststart running"), "{text}");
+    // The VMM is gone by the poststop hook.
+    assert_eq!(lines[3], "poststop stopped gone", "{text}");
+
+    let mut b = TestBundle::new(&base, &["sh", "-c", "echo never"]);
+    b.config["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network >&2; exit 4"]}]});
+    let out = run(&b);
+    assert_eq!(out.code(), 125, "{}", out.stderr_str());
+    assert!(
+        out.stderr_str()
+            .contains("createRuntime hook /bin/sh failed"),
+        "{}",
+        out.stderr_str()
+    );
+    assert!(
+        out.stderr_str().contains("no network"),
+        "{}",
+        out.stderr_str()
+    );
+    assert_eq!(out.stdout_str(), "");
+
+    let mut b = TestBundle::new(&base, &["true"]);
+    b.config["hooks"] = json!({"createContainer": [{"path": "/bin/true"}]});
+    let out = run(&b);
+    assert_eq!(out.code(), 125);
+    assert!(
+        out.stderr_str().contains("hooks.createContainer"),
+        "{}",
+        out.stderr_str()
+    );
+}

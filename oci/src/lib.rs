@@ -33,6 +33,7 @@ use mu2_microvm::guest::GuestImage;
 use mu2_microvm::spec::{Share, VmSpec, DEFAULT_TB_SIZE_MIB};
 
 mod error;
+pub mod hooks;
 pub mod mounts;
 mod process;
 mod request;
@@ -68,6 +69,8 @@ pub struct Plan {
     pub vcpus: u32,
     pub shares: Vec<Share>,
     pub run: Run,
+    /// The hooks the runtime runs on the host ([`hooks`]).
+    pub hooks: hooks::Hooks,
 }
 
 impl Plan {
@@ -242,6 +245,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, BundleError> {
         vcpus: shape.vcpus,
         shares,
         run,
+        hooks: hooks::from_spec(spec),
     })
 }
 

@@ -274,21 +274,36 @@ pub fn refuse_spec(spec: &Spec) -> Result<(), SecurityError> {
         return Err(refused("domainname", "the guest sets only the hostname"));
     }
     if let Some(h) = spec.hooks() {
-        let any = [
-            h.prestart(),
+        // The host-side hooks run on the host (crate::hooks); these two run
+        // in the container's namespaces, which are a guest's.
+        for (name, list) in [
+            ("hooks.createContainer", h.create_container()),
+            ("hooks.startContainer", h.start_container()),
+        ] {
+            if list.as_ref().is_some_and(|l| !l.is_empty()) {
+                return Err(refused(
+                    name,
+                    "these hooks run in the container's namespaces, which are inside the guest",
+                ));
+            }
+        }
+        for (i, hook) in [
             h.create_runtime(),
-            h.create_container(),
-            h.start_container(),
+            h.prestart(),
             h.poststart(),
             h.poststop(),
         ]
-        .iter()
-        .any(|l| l.as_ref().is_some_and(|l| !l.is_empty()));
-        if any {
-            return Err(refused(
-                "hooks",
-                "mu2 runs no host programs for a container's lifecycle",
-            ));
+        .into_iter()
+        .flatten()
+        .flatten()
+        .enumerate()
+        {
+            if !hook.path().is_absolute() {
+                return Err(refused(
+                    &format!("hooks (entry {i})"),
+                    "the path is not absolute",
+                ));
+            }
         }
     }
     let Some(linux) = spec.linux() else {

@@ -61,6 +61,8 @@ pub enum ShimError {
     },
     #[error("the vm owner of {0} is gone")]
     OwnerGone(String),
+    #[error(transparent)]
+    Hook(#[from] mu2_oci::hooks::HookError),
     #[error("{0}")]
     Unimplemented(&'static str),
 }
@@ -84,7 +86,8 @@ impl ShimError {
             | ShimError::Io { .. }
             | ShimError::LogBinary { .. }
             | ShimError::Mount { .. }
-            | ShimError::OwnerGone(_) => Code::UNKNOWN,
+            | ShimError::OwnerGone(_)
+            | ShimError::Hook(_) => Code::UNKNOWN,
         }
     }
 }

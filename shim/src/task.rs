@@ -50,6 +50,19 @@ struct Container {
 }
 
 impl Container {
+    /// Runs the host hooks of a stage whose failures only get logged.
+    fn run_hooks(&self, stage: &'static str, hooks: &[oci::hooks::HostHook], status: &str) {
+        let state = oci::hooks::State {
+            id: &self.id,
+            status,
+            pid: self.init.pid,
+            bundle: &self.bundle,
+        };
+        for e in oci::hooks::run_logged(stage, hooks, &state) {
+            log::warn!("task {}: {}", self.id, crate::error::describe(&e));
+        }
+    }
+
     fn process(&self, exec_id: &str) -> Result<Arc<Process>, ShimError> {
         if exec_id.is_empty() {
             return Ok(Arc::clone(&self.init));
@@ -247,6 +260,18 @@ impl TaskService {
             dependents: Some(Arc::clone(&exec_list)),
         })?;
         let pid = init.pid;
+        // The host-side hooks of a created container (nerdctl's networking
+        // is one): a failure ends the container, as runc's create.
+        let state = oci::hooks::State {
+            id: &req.id,
+            status: "created",
+            pid,
+            bundle,
+        };
+        if let Err(e) = oci::hooks::run("createRuntime", &plan.hooks.created, &state) {
+            init.force_end();
+            return Err(e.into());
+        }
         let c = Arc::new(Container {
             id: req.id.clone(),
             bundle: bundle.to_path_buf(),
@@ -396,6 +421,7 @@ impl TaskService {
                 status: code,
                 at,
             });
+            c.run_hooks("poststop", &c.plan.hooks.poststop, "stopped");
             log::info!("task {}: deleted", c.id);
         } else {
             c.execs
@@ -585,10 +611,13 @@ impl Task for TaskService {
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> R<StartResponse> {
         log::info!("start task {} exec {:?}", req.id, req.exec_id);
-        let r = self
-            .container(&req.id)
-            .and_then(|c| c.process(&req.exec_id))
-            .and_then(|p| p.start());
+        let r = self.container(&req.id).and_then(|c| {
+            let pid = c.process(&req.exec_id)?.start()?;
+            if req.exec_id.is_empty() {
+                c.run_hooks("poststart", &c.plan.hooks.poststart, "running");
+            }
+            Ok(pid)
+        });
         let pid = edge("start", &req.id, r)?;
         Ok(StartResponse {
             pid,
