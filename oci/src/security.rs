@@ -300,7 +300,7 @@ pub fn refuse_spec(spec: &Spec) -> Result<(), SecurityError> {
         {
             if !hook.path().is_absolute() {
                 return Err(refused(
-                    &format!("hooks (entry {i})"),
+                    format!("hooks (entry {i})"),
                     "the path is not absolute",
                 ));
             }
