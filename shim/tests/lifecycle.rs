@@ -8,7 +8,7 @@
 //! socket).
 
 mod common;
-use common::ctd::{cleanup_task, collect, wait_status, Containerd, IMAGE, MU2};
+use common::ctd::{cleanup_task, collect, image_tar, wait_status, Containerd, IMAGE, MU2};
 use common::{procs, tail};
 
 use std::path::{Path, PathBuf};
@@ -829,5 +829,172 @@ fn answers_before_start_after_exit_and_for_processes_that_cannot_be() {
         assert_eq!(d.exit_status, 7);
     });
     let _ = ctd.ctr(&["containers", "rm", &id]);
+    ctd.assert_nothing_left();
+}
+
+/// Execs as containerd's suite drives them (TestWaitStoppedProcess,
+/// TestProcessForceDelete, TestContainerLargeExecArgs, TestTaskSpec's State
+/// of the stdio paths).
+#[test]
+fn execs_answer_as_containerd_expects() {
+    use containerd_client::services::v1::{GetRequest, StartRequest};
+    let Some(ctd) = Containerd::start(false) else {
+        return;
+    };
+    let id = ctd.id("execs");
+    let o = ctd.ctr(&["run", "-d", "--runtime", MU2, IMAGE, &id, "sleep", "600"]);
+    assert_eq!(o.code(), 0, "{}", o.err());
+    wait_status(&ctd, &id, "RUNNING", Duration::from_secs(90));
+    let fifos = tempfile::tempdir().unwrap();
+    let out = Fifo::new(fifos.path(), "exec-stdout");
+    rt().block_on(async {
+        let mut t = tasks(&ctd).await;
+        let exec = |exec_id: &str, args: serde_json::Value, stdout: String| ExecProcessRequest {
+            container_id: id.clone(),
+            exec_id: exec_id.into(),
+            stdout,
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value: serde_json::to_vec(&serde_json::json!({
+                    "args": args, "cwd": "/", "env": ["PATH=/bin"],
+                    "user": {"uid": 0, "gid": 0}
+                }))
+                .unwrap(),
+            }),
+            ..Default::default()
+        };
+        // A 20,000-byte argument, and the exec's stdout path in its State.
+        let big = "x".repeat(20_000);
+        t.exec(ns(exec(
+            "big",
+            serde_json::json!(["sh", "-c", "echo ${#1}; exit 6", "sh", big]),
+            out.path(),
+        )))
+        .await
+        .unwrap_or_else(|e| panic!("exec: {e}\n{}", tail(&ctd.log(), 30)));
+        let st = t
+            .get(ns(GetRequest {
+                container_id: id.clone(),
+                exec_id: "big".into(),
+            }))
+            .await
+            .expect("get")
+            .into_inner()
+            .process
+            .unwrap();
+        assert_eq!(st.stdout, out.path());
+        t.start(ns(StartRequest {
+            container_id: id.clone(),
+            exec_id: "big".into(),
+        }))
+        .await
+        .expect("start");
+        for _ in 0..2 {
+            let w = t
+                .wait(ns(WaitRequest {
+                    container_id: id.clone(),
+                    exec_id: "big".into(),
+                }))
+                .await
+                .expect("wait")
+                .into_inner();
+            assert_eq!(w.exit_status, 6);
+        }
+        let d = t
+            .delete_process(ns(DeleteProcessRequest {
+                container_id: id.clone(),
+                exec_id: "big".into(),
+            }))
+            .await
+            .expect("delete");
+        assert_eq!(d.into_inner().exit_status, 6);
+        // A running exec: Delete refused; Kill(SIGKILL, all) ends it alone.
+        t.exec(ns(exec(
+            "loop",
+            serde_json::json!(["sh", "-c", "while true; do sleep 1; done"]),
+            String::new(),
+        )))
+        .await
+        .expect("exec loop");
+        t.start(ns(StartRequest {
+            container_id: id.clone(),
+            exec_id: "loop".into(),
+        }))
+        .await
+        .expect("start loop");
+        let e = t
+            .delete_process(ns(DeleteProcessRequest {
+                container_id: id.clone(),
+                exec_id: "loop".into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+        t.kill(ns(KillRequest {
+            container_id: id.clone(),
+            exec_id: "loop".into(),
+            signal: 9,
+            all: true,
+        }))
+        .await
+        .expect("kill exec");
+        let w = t
+            .wait(ns(WaitRequest {
+                container_id: id.clone(),
+                exec_id: "loop".into(),
+            }))
+            .await
+            .expect("wait loop")
+            .into_inner();
+        assert_eq!(w.exit_status, 137);
+        t.delete_process(ns(DeleteProcessRequest {
+            container_id: id.clone(),
+            exec_id: "loop".into(),
+        }))
+        .await
+        .expect("delete loop");
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&out.reader.join().unwrap()),
+        "20000\n"
+    );
+    // The task itself is untouched by its exec's kill.
+    wait_status(&ctd, &id, "RUNNING", Duration::from_secs(1));
+    cleanup_task(&ctd, &id);
+    ctd.assert_nothing_left();
+}
+
+/// A 76-character namespace and a 64-character container id
+/// (TestShimSockLength): the shim's socket and the VM's id still fit.
+#[test]
+fn long_namespaces_and_ids_fit() {
+    let Some(ctd) = Containerd::start(false) else {
+        return;
+    };
+    let ns_name = "n".repeat(76);
+    let id = format!("{}{}", ctd.prefix(), "c".repeat(64 - ctd.prefix().len()));
+    let imp = ctd.ctr(&[
+        "-n",
+        &ns_name,
+        "images",
+        "import",
+        image_tar().to_str().unwrap(),
+    ]);
+    assert_eq!(imp.code(), 0, "{}", imp.err());
+    let o = ctd.ctr(&[
+        "-n",
+        &ns_name,
+        "run",
+        "--rm",
+        "--runtime",
+        MU2,
+        IMAGE,
+        &id,
+        "echo",
+        "fits",
+    ]);
+    assert_eq!((o.code(), o.out().as_str()), (0, "fits\n"), "{}", o.err());
+    let _ = ctd.ctr(&["-n", &ns_name, "images", "rm", IMAGE]);
+    let _ = ctd.ctr(&["namespaces", "rm", &ns_name]);
     ctd.assert_nothing_left();
 }
