@@ -63,6 +63,21 @@ impl Container {
         }
     }
 
+    /// The init and the execs that `keep` keeps: every VM of the task a
+    /// task-wide request acts on.
+    fn with_execs(&self, keep: impl Fn(&Process) -> bool) -> Vec<Arc<Process>> {
+        let mut procs = vec![Arc::clone(&self.init)];
+        procs.extend(
+            self.execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .filter(|p| keep(p))
+                .cloned(),
+        );
+        procs
+    }
+
     fn process(&self, exec_id: &str) -> Result<Arc<Process>, ShimError> {
         if exec_id.is_empty() {
             return Ok(Arc::clone(&self.init));
@@ -446,15 +461,7 @@ impl TaskService {
     /// are changed back.
     fn do_pause(&self, id: &str, pause: bool) -> Result<Empty, ShimError> {
         let c = self.container(id)?;
-        let mut procs = vec![Arc::clone(&c.init)];
-        procs.extend(
-            c.execs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .filter(|p| p.status() == Status::Running && p.is_paused() != pause)
-                .cloned(),
-        );
+        let procs = c.with_execs(|p| p.status() == Status::Running && p.is_paused() != pause);
         let act = |p: &Process, pause: bool| if pause { p.pause() } else { p.resume() };
         for (i, p) in procs.iter().enumerate() {
             if let Err(e) = act(p, pause) {
@@ -484,15 +491,7 @@ impl TaskService {
             .as_ref()
             .ok_or_else(|| ShimError::InvalidArgument("update without resources".into()))?;
         let change = oci::update(&resources.value, c.plan.memory_mib, c.plan.vcpus)?;
-        let mut procs = vec![Arc::clone(&c.init)];
-        procs.extend(
-            c.execs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .filter(|p| matches!(p.status(), Status::Created | Status::Running))
-                .cloned(),
-        );
+        let procs = c.with_execs(|p| matches!(p.status(), Status::Created | Status::Running));
         let boot_quota = boot_cpu_quota(&c.plan);
         for p in &procs {
             p.update(&change, boot_quota)?;
@@ -765,12 +764,7 @@ mod tests {
     use super::*;
 
     fn valid(id: &str) -> bool {
-        !id.is_empty()
-            && id.len() <= 64
-            && !id.starts_with('.')
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        mu2_microvm::jail::valid_id(id)
     }
 
     #[test]

@@ -245,7 +245,7 @@ pub fn leftovers_matching(cfg: &JailConfig, matches: impl Fn(&str) -> bool) -> V
 
 /// A VM id: 1-64 of `A-Za-z0-9_.-`, not starting with a dot (no `.`,
 /// `..`), since it names directories.
-pub(crate) fn valid_id(id: &str) -> bool {
+pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && !id.starts_with('.')
