@@ -221,8 +221,8 @@ fn what_a_vm_cannot_honour_is_refused_before_any_vm() {
             "path /proc/1/ns/net",
         ),
         (
-            json!({"hooks": {"prestart": [{"path": "/bin/true"}]}}),
-            "hooks",
+            json!({"hooks": {"createContainer": [{"path": "/bin/true"}]}}),
+            "hooks.createContainer",
         ),
         (
             json!({"mounts": [{"destination": "/x", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup"]}]}),

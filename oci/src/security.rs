@@ -13,7 +13,8 @@
 //! before a VM starts: joining a namespace by path (except the pod-shared
 //! namespaces of a CRI container, whose VM cannot share them), user
 //! namespaces and id mappings, time offsets, Intel RDT, a non-default
-//! personality, host device nodes (`linux.devices`), hooks, LSM labels other
+//! personality, host device nodes (`linux.devices`), the hooks that run in the
+//! container's namespaces (createContainer, startContainer), LSM labels other
 //! than containerd's default AppArmor profile, a domain name, I/O priority,
 //! scheduler and CPU-affinity settings. `linux.seccomp` is compiled on the
 //! host by [`crate::seccomp`], which refuses what a VM cannot honour in it
