@@ -100,13 +100,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 CONF
     containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
     CTD_PID=$!
+    echo "$CTD_PID" >"$dir/containerd.pid"
     for _ in $(seq 100); do [[ -S $dir/c.sock ]] && break; sleep 0.1; done
     [[ -S $dir/c.sock ]] || die "containerd did not start: $(tail -5 "$dir/containerd.log")"
 }
 
 stop_private_containerd() {
-    local dir=$1
-    kill "${CTD_PID:-}" 2>/dev/null || true
-    wait "${CTD_PID:-}" 2>/dev/null || true
+    local dir=$1 pid=${CTD_PID:-}
+    [[ -f $dir/containerd.pid ]] && pid=$(<"$dir/containerd.pid")
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
     rm -rf -- "$dir"
 }

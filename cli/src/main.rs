@@ -56,6 +56,11 @@ enum Command {
     },
     /// List this host's VMs, from their ownership records.
     Ps,
+    /// Build, list or remove VM templates (docs/templates.md).
+    Template {
+        #[command(subcommand)]
+        action: TemplateAction,
+    },
     /// Collect what owners that died left: kill their VMMs, remove their
     /// cgroups, jails, uid claims and records; one line per VM.
     Gc {
@@ -63,6 +68,24 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum TemplateAction {
+    /// Build the template of the VM that `mu2 run BUNDLE` would start.
+    Build {
+        #[arg(long)]
+        guest_dir: Option<PathBuf>,
+        #[arg(long, env = "MU2_ACCEL", default_value = "auto")]
+        accel: AccelChoice,
+        #[arg(long, env = "MU2_QEMU", default_value = mu2_microvm::spec::DEFAULT_QEMU)]
+        qemu: PathBuf,
+        bundle: PathBuf,
+    },
+    /// List the templates, each verified.
+    List,
+    /// Remove every template.
+    Rm,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -106,6 +129,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Ps => vms_command(mu2_cli::vms::ps),
+        Command::Template { action } => template_command(action),
         Command::Gc { dry_run } => vms_command(|out| mu2_cli::vms::gc(dry_run, out)),
         Command::Check { guest_dir } => {
             if mu2_cli::check::check(guest_dir.as_deref()) {
@@ -122,6 +146,29 @@ fn vms_command(
 ) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("MU2_LOG", "warn")).init();
     match f(&mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mu2: {}", mu2_microvm::describe_error(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn template_command(action: TemplateAction) -> ExitCode {
+    use mu2_cli::template;
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("MU2_LOG", "info")).init();
+    let out = &mut std::io::stdout().lock();
+    let r = match action {
+        TemplateAction::Build {
+            guest_dir,
+            accel,
+            qemu,
+            bundle,
+        } => template::build(&bundle, guest_dir.as_deref(), accel, qemu, out),
+        TemplateAction::List => template::list(out),
+        TemplateAction::Rm => template::remove_all(out),
+    };
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mu2: {}", mu2_microvm::describe_error(&e));

@@ -171,6 +171,7 @@ pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
         Owner::this_process(OwnerKind::Run),
     );
     spec.debug = opts.debug;
+    spec.templates = mu2_microvm::template::TemplateMode::load()?;
     let terminal = plan.run.process.terminal;
     if terminal && plan.run.process.console_size.is_none() {
         plan.run.process.console_size = tty::window_size();

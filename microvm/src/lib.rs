@@ -12,7 +12,9 @@
 //! [`guest`] finds the installed guest image;
 //! [`accel`] decides between KVM and TCG; [`cgroup`] holds each VMM in a
 //! host cgroup of its own (limits, statistics, pause); [`record`] keeps the
-//! ownership record of every VM, by which leftovers are collected.
+//! ownership record of every VM, by which leftovers are collected;
+//! [`template`] saves a VM at Ready and resumes clones of it instead of
+//! booting ([`qmp`] drives the save).
 
 pub mod accel;
 pub mod cgroup;
@@ -21,10 +23,12 @@ pub mod deadlines;
 pub mod guest;
 pub mod jail;
 pub mod qemu;
+pub mod qmp;
 pub mod record;
 pub mod relay;
 pub mod spec;
 mod sys;
+pub mod template;
 pub mod vm;
 
 pub use accel::{Accel, AccelChoice};

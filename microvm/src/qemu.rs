@@ -170,6 +170,38 @@ pub struct ChannelFds {
     pub stdin: RawFd,
     pub stdout: RawFd,
     pub stderr: RawFd,
+    /// A QMP monitor on a socketpair: a template's build drives its
+    /// migration through it ([`crate::qmp`]).
+    pub qmp: Option<RawFd>,
+    /// A template's saved state, read by a clone at start (`-incoming`).
+    pub incoming: Option<RawFd>,
+}
+
+/// A QMP monitor on an inherited, connected socket.
+pub struct QmpChannel {
+    pub fd: RawFd,
+}
+impl QemuOption for QmpChannel {
+    fn args(&self) -> Vec<String> {
+        vec![
+            "-chardev".into(),
+            format!("socket,id=qmp,fd={}", self.fd),
+            "-mon".into(),
+            "chardev=qmp,mode=control".into(),
+        ]
+    }
+}
+
+/// Start from a migration stream on an inherited fd instead of booting: the
+/// guest resumes where the template stopped (it was running then, so the
+/// clone starts running once the stream is loaded).
+pub struct Incoming {
+    pub fd: RawFd,
+}
+impl QemuOption for Incoming {
+    fn args(&self) -> Vec<String> {
+        vec!["-incoming".into(), format!("fd:{}", self.fd)]
+    }
 }
 
 /// The guest kernel's command line.
@@ -292,6 +324,12 @@ pub fn command_line(
     if let Some(socket) = qmp {
         opts.push(Box::new(Qmp { socket }));
     }
+    if let Some(fd) = fds.qmp {
+        opts.push(Box::new(QmpChannel { fd }));
+    }
+    if let Some(fd) = fds.incoming {
+        opts.push(Box::new(Incoming { fd }));
+    }
     for o in opts {
         args.extend(o.args());
     }
@@ -309,6 +347,8 @@ mod tests {
         stdin: 12,
         stdout: 13,
         stderr: 14,
+        qmp: None,
+        incoming: None,
     };
 
     fn has_pair(args: &[String], flag: &str, value: &str) -> bool {
@@ -415,5 +455,20 @@ mod tests {
         let a = command_line(&spec(), FDS, None, Some(Path::new(QMP_SOCKET)));
         let i = a.iter().position(|x| x == "-qmp").unwrap();
         assert_eq!(a[i + 1], "unix:/run/qmp.sock,server=on,wait=off");
+    }
+
+    #[test]
+    fn a_template_gets_a_qmp_channel_and_a_clone_its_incoming_stream() {
+        let a = command_line(&spec(), FDS, None, None);
+        assert!(!a.iter().any(|x| x == "-incoming" || x == "-mon"));
+        let fds = ChannelFds {
+            qmp: Some(20),
+            incoming: Some(21),
+            ..FDS
+        };
+        let a = command_line(&spec(), fds, None, None);
+        assert!(has_pair(&a, "-chardev", "socket,id=qmp,fd=20"));
+        assert!(has_pair(&a, "-mon", "chardev=qmp,mode=control"));
+        assert!(has_pair(&a, "-incoming", "fd:21"));
     }
 }

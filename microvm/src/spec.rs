@@ -62,6 +62,8 @@ pub struct VmSpec {
     pub jail: JailMode,
     /// Who owns the VM, for its record ([`crate::record`]).
     pub owner: Owner,
+    /// Whether the VM may be resumed from a template ([`crate::template`]).
+    pub templates: crate::template::TemplateMode,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -166,6 +168,7 @@ pub(crate) mod tests {
                 record_dir: crate::record::DEFAULT_RECORD_DIR.into(),
             },
             owner: Owner::this_process(crate::record::OwnerKind::Test),
+            templates: crate::template::TemplateMode::Off,
         }
     }
 

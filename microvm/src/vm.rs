@@ -237,6 +237,25 @@ pub struct Vm {
     cgroup: Arc<VmCgroup>,
     /// The VM's ownership record, released once all of it is gone.
     record: RecordGuard,
+    /// The QMP channel of a template being built.
+    qmp: Option<UnixStream>,
+    /// Resumed from a template rather than booted.
+    restored: bool,
+}
+
+/// How a VM comes up.
+pub(crate) enum Start<'a> {
+    /// A cold boot to the agent's Ready, then the VM's own identity.
+    Boot,
+    /// A cold boot to Ready and no further, with a QMP channel: the VM a
+    /// template is taken from ([`crate::template`]).
+    Template,
+    /// Resumed from a template's saved state; `ready` is what its agent
+    /// said when the template was taken.
+    Restore {
+        state: &'a std::fs::File,
+        ready: Ready,
+    },
 }
 
 struct Pair {
@@ -267,9 +286,19 @@ impl Vm {
     /// is booted again, up to [`BOOT_ATTEMPTS`] times.
     pub fn launch(spec: &VmSpec) -> Result<Vm, VmError> {
         spec.validate()?;
+        if let crate::template::TemplateMode::Use { dir, build } = &spec.templates {
+            if let Some(vm) = crate::template::restore_or_build(spec, dir, *build) {
+                return Ok(vm);
+            }
+        }
+        Self::boot(spec, &Start::Boot)
+    }
+
+    /// A cold boot, again if the guest came up without a timer.
+    pub(crate) fn boot(spec: &VmSpec, how: &Start<'_>) -> Result<Vm, VmError> {
         let mut attempt = 1;
         loop {
-            match Self::launch_once(spec) {
+            match Self::launch_once(spec, how) {
                 Err(VmError::ExitedEarly { console, .. })
                     if console.contains(mu2_protocol::console::NO_TIMER) =>
                 {
@@ -292,7 +321,7 @@ impl Vm {
         }
     }
 
-    fn launch_once(spec: &VmSpec) -> Result<Vm, VmError> {
+    pub(crate) fn launch_once(spec: &VmSpec, how: &Start<'_>) -> Result<Vm, VmError> {
         let started = Instant::now();
         let id = spec.id.clone();
         // Before anything of the VM exists: the record claims its id (and
@@ -318,6 +347,10 @@ impl Vm {
         let stdin = pair(&id)?;
         let stdout = pair(&id)?;
         let stderr = pair(&id)?;
+        let qmp = match how {
+            Start::Template => Some(pair(&id)?),
+            _ => None,
+        };
         control
             .ours
             .set_write_timeout(Some(spec.deadlines.control_write))
@@ -338,13 +371,20 @@ impl Vm {
             stdin: stdin.theirs.as_raw_fd(),
             stdout: stdout.theirs.as_raw_fd(),
             stderr: stderr.theirs.as_raw_fd(),
+            qmp: qmp.as_ref().map(|p| p.theirs.as_raw_fd()),
+            incoming: match how {
+                Start::Restore { state, .. } => Some(state.as_raw_fd()),
+                _ => None,
+            },
         };
         let tsc = match spec.accel {
             crate::Accel::Tcg => crate::accel::host_tsc_khz(),
             crate::Accel::Kvm => None,
         };
         let procs = cgroup.procs_fds();
-        let channel_fds = vec![fds.console, fds.control, fds.stdin, fds.stdout, fds.stderr];
+        let mut channel_fds = vec![fds.console, fds.control, fds.stdin, fds.stdout, fds.stderr];
+        channel_fds.extend(fds.qmp);
+        channel_fds.extend(fds.incoming);
         let (child, qemu_pid, jail, qemu_stderr) = match &spec.jail {
             JailMode::Disabled { .. } => {
                 let args = qemu::command_line(spec, fds, tsc, None);
@@ -411,7 +451,10 @@ impl Vm {
             stdout.theirs,
             stderr.theirs,
         ));
+        let qmp = qmp.map(|p| p.ours);
         Self::assemble(
+            how,
+            qmp,
             spec,
             started,
             child,
@@ -428,6 +471,8 @@ impl Vm {
     /// (every error path drops a Vm, which kills and reaps).
     #[allow(clippy::too_many_arguments)]
     fn assemble(
+        how: &Start<'_>,
+        qmp: Option<UnixStream>,
         spec: &VmSpec,
         started: Instant,
         mut child: Child,
@@ -494,8 +539,14 @@ impl Vm {
             kill,
             cgroup,
             record,
+            qmp,
+            restored: matches!(how, Start::Restore { .. }),
         };
-        match vm.await_ready(spec.deadlines.ready, started) {
+        let up = match how {
+            Start::Boot | Start::Template => vm.await_ready(spec.deadlines.ready, started),
+            Start::Restore { ready, .. } => Ok(ready.clone()),
+        };
+        match up {
             Ok(ready) => {
                 vm.ready = ready;
                 vm.boot_time = started.elapsed();
@@ -504,7 +555,11 @@ impl Vm {
                     vm.threads.push(h);
                 }
                 log::info!(
-                    "vm {id}: ready in {:?} (pid {}, kernel {})",
+                    "vm {id}: {} in {:?} (pid {}, kernel {})",
+                    match how {
+                        Start::Restore { .. } => "restored",
+                        _ => "ready",
+                    },
                     vm.boot_time,
                     vm.pid(),
                     vm.ready.kernel_release
@@ -692,6 +747,16 @@ impl Vm {
     }
 
     /// Wall time from launch to the agent's Ready.
+    /// Whether the VM was resumed from a template rather than booted.
+    pub fn restored(&self) -> bool {
+        self.restored
+    }
+
+    /// The QMP channel of a template's VM (taken once).
+    pub(crate) fn take_qmp(&mut self) -> Option<UnixStream> {
+        self.qmp.take()
+    }
+
     pub fn boot_time(&self) -> Duration {
         self.boot_time
     }
@@ -945,7 +1010,7 @@ fn read_to_tail<R: Read + Send + 'static>(mut r: R) -> (ConsoleTail, JoinHandle<
 
 /// `program` as an absolute path: as given when it has a slash, else
 /// looked up in PATH.
-fn find_program(program: &Path) -> Result<PathBuf, String> {
+pub(crate) fn find_program(program: &Path) -> Result<PathBuf, String> {
     if program.components().count() > 1 {
         return Ok(program.to_path_buf());
     }

@@ -103,6 +103,7 @@ impl Plan {
             debug: false,
             jail,
             owner,
+            templates: mu2_microvm::template::TemplateMode::Off,
         }
     }
 }

@@ -177,7 +177,8 @@ fn vm_spec(
     let jail = mu2_microvm::jail::JailMode::load()?;
     let deadlines = mu2_microvm::Deadlines::load()?;
     let owner = mu2_microvm::record::Owner::shim(namespace, id, exec_id);
-    Ok(plan.vm_spec(
+    let templates = mu2_microvm::template::TemplateMode::load()?;
+    let mut spec = plan.vm_spec(
         vm_id(namespace, id, exec_id),
         image,
         qemu,
@@ -185,7 +186,9 @@ fn vm_spec(
         jail,
         deadlines,
         owner,
-    ))
+    );
+    spec.templates = templates;
+    Ok(spec)
 }
 
 fn mount_rootfs(req: &CreateTaskRequest, bundle: &Path) -> Result<bool, ShimError> {

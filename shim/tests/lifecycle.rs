@@ -211,6 +211,7 @@ fn kill_delete_and_a_second_start_are_served_while_start_is_in_flight() {
             tokio::task::yield_now().await;
             let asked = Instant::now();
             let mut ended = false;
+            let mut second_start_ok = false;
             match second {
                 "kill" => {
                     let req = KillRequest {
@@ -236,8 +237,13 @@ fn kill_delete_and_a_second_start_are_served_while_start_is_in_flight() {
                         container_id: id.clone(),
                         ..Default::default()
                     };
+                    // The spawned Start may not have reached the shim yet:
+                    // whichever arrives second is refused.
                     let r = t.start(with_namespace!(req, "default")).await;
-                    assert!(r.is_err(), "a second Start succeeded");
+                    if let Err(e) = &r {
+                        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+                    }
+                    second_start_ok = r.is_ok();
                 }
             }
             assert!(
@@ -250,7 +256,10 @@ fn kill_delete_and_a_second_start_are_served_while_start_is_in_flight() {
                 .expect("Start never answered")
                 .unwrap();
             if second == "start" {
-                assert!(started.is_ok(), "{started:?}");
+                assert!(
+                    started.is_ok() != second_start_ok,
+                    "exactly one of two Starts succeeds: first {started:?}, second ok {second_start_ok}"
+                );
             }
             if !ended {
                 let req = KillRequest {
@@ -657,7 +666,10 @@ fn shim_socket(ctd: &Containerd, id: &str) -> Option<PathBuf> {
 /// 20).
 #[test]
 fn rounds_of_parallel_runs_under_a_cpu_hog_all_finish() {
-    let Some(ctd) = Containerd::start(true) else {
+    // Eight cold boots sharing two cores with two hogs have been seen to
+    // need more than the default 60 s to Ready: a deadline is not what
+    // this test is about (a hang never ends), so it gets a long one.
+    let Some(ctd) = Containerd::start_with(true, "[timeouts]\nready = \"300s\"\n") else {
         return;
     };
     let rounds: usize = std::env::var("MU2_STRESS_ROUNDS")

@@ -161,6 +161,9 @@ struct File {
     /// Read by [`crate::deadlines`].
     #[serde(default)]
     timeouts: Option<toml::Table>,
+    /// Read by [`crate::template`].
+    #[serde(default)]
+    templates: Option<toml::Table>,
     #[serde(default)]
     vms: VmsSection,
 }
@@ -212,7 +215,7 @@ impl JailMode {
             message,
         };
         let file: File = toml::from_str(text).map_err(|e| malformed(e.message().to_string()))?;
-        let _ = file.timeouts;
+        let _ = (file.timeouts, file.templates);
         let j = file.jail;
         let record_dir = match file.vms.record_dir {
             Some(p) if !p.is_absolute() => {

@@ -28,6 +28,7 @@ pub fn spec(id: &str, kernel: &Path, initrd: &Path, jail: JailMode) -> VmSpec {
         debug: false,
         jail,
         owner: Owner::this_process(OwnerKind::Test),
+        templates: mu2_microvm::template::TemplateMode::Off,
     }
 }
 

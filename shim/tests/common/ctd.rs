@@ -113,6 +113,12 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start(exclusive: bool) -> Option<Containerd> {
+        Self::start_with(exclusive, "")
+    }
+
+    /// [`Containerd::start`] whose shims read the host's mu2 configuration
+    /// with `mu2_extra` (TOML tables) appended.
+    pub fn start_with(exclusive: bool, mu2_extra: &str) -> Option<Containerd> {
         if let Some(why) = super::skip_reason("containerd") {
             eprintln!("skipping: {why}");
             return None;
@@ -136,6 +142,11 @@ impl Containerd {
             state = d.join("state").display(),
             sock = d.join("c.sock").display(),
         );
+        if !mu2_extra.is_empty() {
+            let host = std::fs::read_to_string(mu2_microvm::jail::config::config_path())
+                .unwrap_or_default();
+            std::fs::write(d.join("mu2.toml"), format!("{host}\n{mu2_extra}")).unwrap();
+        }
         let child = super::spawn_containerd(d, &config);
         let ctd = Containerd {
             child: Some(child),

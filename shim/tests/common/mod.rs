@@ -59,8 +59,13 @@ pub fn spawn_containerd(dir: &Path, config: &str) -> Child {
     )
     .unwrap();
     let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
-    Command::new("containerd")
-        .arg("--config")
+    let mut cmd = Command::new("containerd");
+    // A mu2 configuration of this containerd's own (its shims read it).
+    let mu2_config = dir.join("mu2.toml");
+    if mu2_config.is_file() {
+        cmd.env("MU2_CONFIG", mu2_config);
+    }
+    cmd.arg("--config")
         .arg(dir.join("config.toml"))
         .env("PATH", path)
         .stdin(Stdio::null())

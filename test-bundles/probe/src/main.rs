@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: mu2-probe segv | alloc MB | urandom N | ids | pid | rlimit NAME | nnp | winsize | write-stdout MIB | sleep SECS | setxattr PATH NAME HEX | bind PORT | keyctl";
+const USAGE: &str = "usage: mu2-probe segv | alloc MB | urandom N | getrandom N | ids | pid | rlimit NAME | nnp | winsize | write-stdout MIB | sleep SECS | setxattr PATH NAME HEX | bind PORT | keyctl";
 
 nix::ioctl_read_bad!(tiocgwinsz, nix::libc::TIOCGWINSZ, nix::pty::Winsize);
 
@@ -33,6 +33,12 @@ fn run(args: &[&str]) -> Result<(), String> {
         ["segv"] => segv(),
         ["alloc", mb] => alloc(num(mb)?),
         ["urandom", n] => urandom(num(n)?),
+        ["getrandom", n] => {
+            let mut buf = vec![0u8; num(n)? as usize];
+            getrandom::fill(&mut buf).map_err(|e| format!("getrandom: {e}"))?;
+            let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+            out(&format!("{hex}\n"))
+        }
         ["ids"] => {
             let groups = nix::unistd::getgroups().map_err(|e| format!("getgroups: {e}"))?;
             let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();

@@ -1,0 +1,810 @@
+//! Templates: a VM saved at agent-ready, resumed by its clones instead of
+//! a cold boot (DESIGN.md, "Pool and templates"; docs/templates.md).
+//!
+//! A template is taken from a VM booted like any other (jailed, in its own
+//! cgroup, with a record) and stopped at Ready, before its agent received
+//! anything — so before any 9p share is mounted (a mounted share blocks
+//! migration) and before its identity: the clone gets its own
+//! ([`crate::identity`]). Its QEMU migrates to a file through a QMP
+//! channel; a clone is started with the request's own command line (its own
+//! shares, channels and jail) plus `-incoming fd:N` on that file, opened
+//! read-only by the host. The guest RAM travels in the stream: QEMU 7.2
+//! (Debian 12) cannot map a template's RAM file copy-on-write without
+//! opening it writable, and a clone able to write the template could reach
+//! every later clone.
+//!
+//! On disk, under the configured directory (default `/run/mu2/templates`,
+//! root-only): `<key>/state` (the stream) and `<key>/meta.json` (what it is,
+//! its length and XXH3-128 checksum, the agent's Ready). The key is a hash of
+//! everything the saved state depends on: this format, mu2's version, the
+//! QEMU binary, kernel and initrd (path, size, mtime, inode), memory,
+//! vCPUs, accelerator, translation cache, console mode, jail or not, and the
+//! share tags (a share's host path is not part of the saved state). A
+//! template is built into a fresh directory and renamed into place, so a
+//! reader sees all of one or none; it is verified (length and checksum)
+//! before use; a stale, corrupt or failing template is removed with a log
+//! line and the request boots cold — never fails because of a template.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mu2_protocol::Ready;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::jail::config::ConfigError;
+use crate::qmp::{Qmp, QmpError};
+use crate::spec::{Share, VmSpec};
+use crate::vm::{Start, Vm, VmError};
+
+/// Where templates live unless configured otherwise.
+pub const DEFAULT_TEMPLATE_DIR: &str = "/run/mu2/templates";
+/// `off` turns templates off for this process, `on` on (whatever the
+/// config file says).
+pub const TEMPLATES_ENV: &str = "MU2_TEMPLATES";
+/// Bumped whenever what a template holds or how it is keyed changes.
+const FORMAT: u32 = 1;
+/// Largest saved state accepted (a 64 GiB guest's RAM could be more, but a
+/// template is of an idle VM: its kernel, initramfs and agent).
+const MAX_STATE_BYTES: u64 = 4 << 30;
+/// How often a template's migration is polled.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Whether a VM may come from a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateMode {
+    /// Always a cold boot.
+    Off,
+    /// Resume from the template in `dir`; build it first when missing and
+    /// `build` is set (lazily, on the request that finds it missing).
+    Use { dir: PathBuf, build: bool },
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct File_ {
+    #[serde(default)]
+    templates: Section,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Section {
+    enabled: Option<bool>,
+    dir: Option<PathBuf>,
+    build: Option<bool>,
+}
+
+impl TemplateMode {
+    /// The `[templates]` table of the host's config file (on by default),
+    /// then [`TEMPLATES_ENV`].
+    pub fn load() -> Result<TemplateMode, ConfigError> {
+        let path = crate::jail::config::config_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let mode = Self::parse(&path, &text)?;
+        Ok(match std::env::var(TEMPLATES_ENV).as_deref() {
+            Ok("off") => TemplateMode::Off,
+            Ok("on") if mode == TemplateMode::Off => TemplateMode::Use {
+                dir: DEFAULT_TEMPLATE_DIR.into(),
+                build: true,
+            },
+            _ => mode,
+        })
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<TemplateMode, ConfigError> {
+        let malformed = |message: String| ConfigError::Malformed {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file: File_ = toml::from_str(text).map_err(|e| malformed(e.message().to_string()))?;
+        let t = file.templates;
+        if t.enabled == Some(false) {
+            return Ok(TemplateMode::Off);
+        }
+        let dir = t.dir.unwrap_or_else(|| DEFAULT_TEMPLATE_DIR.into());
+        if !dir.is_absolute() {
+            return Err(malformed(format!(
+                "templates.dir: {} is not an absolute path",
+                dir.display()
+            )));
+        }
+        Ok(TemplateMode::Use {
+            dir,
+            build: t.build.unwrap_or(true),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("template {key} is unusable: {why}")]
+    Corrupt { key: String, why: String },
+    #[error("template VM")]
+    Vm(#[from] VmError),
+    #[error("template VM {id}: QMP")]
+    Qmp {
+        id: String,
+        #[source]
+        source: QmpError,
+    },
+    #[error("template VM {id}: migration {status}: {message}")]
+    Migration {
+        id: String,
+        status: String,
+        message: String,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> TemplateError {
+    let what = what.into();
+    move |source| TemplateError::Io { what, source }
+}
+
+/// What a template's saved state depends on, hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key(String);
+
+impl Key {
+    pub fn of(spec: &VmSpec) -> Result<Key, TemplateError> {
+        let mut h = Sha256::new();
+        let mut line = |s: String| {
+            h.update(s.as_bytes());
+            h.update(b"\n");
+        };
+        line(format!(
+            "mu2-template {FORMAT} {}",
+            env!("CARGO_PKG_VERSION")
+        ));
+        let qemu = crate::vm::find_program(&spec.qemu).map_err(|e| TemplateError::Io {
+            what: e,
+            source: io::Error::from(io::ErrorKind::NotFound),
+        })?;
+        for (what, p) in [
+            ("qemu", qemu.as_path()),
+            ("kernel", spec.kernel.as_path()),
+            ("initrd", spec.initrd.as_path()),
+        ] {
+            let m = fs::metadata(p).map_err(io_err(format!("cannot stat {}", p.display())))?;
+            line(format!(
+                "{what} {} {} {} {} {}",
+                p.display(),
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ino()
+            ));
+        }
+        line(format!(
+            "memory {} vcpus {} accel {:?} tb {} debug {} jailed {}",
+            spec.memory_mib,
+            spec.vcpus,
+            spec.accel,
+            spec.tb_size_mib,
+            spec.debug,
+            matches!(spec.jail, crate::jail::JailMode::Jailed(_))
+        ));
+        for s in &spec.shares {
+            line(format!("share {}", s.tag));
+        }
+        let digest = h.finalize();
+        Ok(Key(digest.iter().map(|b| format!("{b:02x}")).collect()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A key as [`Key::as_str`] wrote it (64 lowercase hex digits).
+    pub fn from_hex(s: &str) -> Result<Key, String> {
+        if s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(Key(s.to_string()))
+        } else {
+            Err(format!("{s:?} is not a template key"))
+        }
+    }
+}
+
+/// A template's `meta.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    pub format: u32,
+    pub key: String,
+    pub state_bytes: u64,
+    pub state_xxh3: String,
+    pub protocol_version: u32,
+    pub agent_version: String,
+    pub kernel_release: String,
+    pub uptime_ns: u64,
+    /// Boot to Ready of the template's VM, and the save, in milliseconds.
+    pub boot_ms: u64,
+    pub save_ms: u64,
+    pub created_unix: u64,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub shares: Vec<String>,
+}
+
+impl Meta {
+    fn ready(&self) -> Ready {
+        Ready {
+            protocol_version: self.protocol_version,
+            agent_version: self.agent_version.clone(),
+            kernel_release: self.kernel_release.clone(),
+            uptime_ns: self.uptime_ns,
+        }
+    }
+}
+
+/// The templates of one directory.
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// A verified template, its state file open.
+pub struct Template {
+    pub key: Key,
+    pub meta: Meta,
+    pub state: File,
+}
+
+impl Store {
+    /// The directory, made root-only if missing.
+    pub fn open(dir: &Path) -> Result<Store, TemplateError> {
+        crate::jail::safe_dir(dir).map_err(|e| TemplateError::Io {
+            what: crate::describe_error(&e),
+            source: io::Error::other("unsafe template directory"),
+        })?;
+        let store = Store {
+            dir: dir.to_path_buf(),
+        };
+        store.sweep();
+        Ok(store)
+    }
+
+    /// Removes what builds and removals of processes that died left
+    /// (`.build-KEY-PID`, `.gone-KEY-PID`).
+    fn sweep(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with(".build-") || name.starts_with(".gone-")) {
+                continue;
+            }
+            let dead = name
+                .rsplit('-')
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if dead {
+                log::info!("templates: removing {name}, left by a process that died");
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, key: &Key) -> PathBuf {
+        self.dir.join(key.as_str())
+    }
+
+    /// The template of `key`, verified: `Ok(None)` when there is none.
+    pub fn find(&self, key: &Key) -> Result<Option<Template>, TemplateError> {
+        let dir = self.path(key);
+        let meta_text = match fs::read(dir.join("meta.json")) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(TemplateError::Io {
+                    what: format!("cannot read {}/meta.json", dir.display()),
+                    source,
+                })
+            }
+        };
+        let corrupt = |why: String| TemplateError::Corrupt {
+            key: key.as_str().to_string(),
+            why,
+        };
+        let meta: Meta =
+            serde_json::from_slice(&meta_text).map_err(|e| corrupt(format!("meta.json: {e}")))?;
+        if meta.format != FORMAT || meta.key != key.as_str() {
+            return Err(corrupt("meta.json is of another format or key".into()));
+        }
+        let mut state = File::open(dir.join("state"))
+            .map_err(|e| corrupt(format!("cannot open its state: {e}")))?;
+        let len = state
+            .metadata()
+            .map_err(|e| corrupt(format!("cannot stat its state: {e}")))?
+            .len();
+        if len != meta.state_bytes {
+            return Err(corrupt(format!(
+                "its state has {len} bytes, meta.json says {}",
+                meta.state_bytes
+            )));
+        }
+        let sum =
+            xxh3_of(&mut state).map_err(|e| corrupt(format!("cannot read its state: {e}")))?;
+        if sum != meta.state_xxh3 {
+            return Err(corrupt("its state does not match its checksum".into()));
+        }
+        Ok(Some(Template {
+            key: key.clone(),
+            meta,
+            state,
+        }))
+    }
+
+    /// Removes the template of `key` (whatever state it is in).
+    pub fn discard(&self, key: &Key) {
+        let dir = self.path(key);
+        // Renamed first, so that no reader sees half of it.
+        let gone = self
+            .dir
+            .join(format!(".gone-{}-{}", key.as_str(), std::process::id()));
+        if fs::rename(&dir, &gone).is_ok() {
+            let _ = fs::remove_dir_all(&gone);
+        }
+    }
+
+    /// Every template here: its key and meta, or why it is unusable.
+    pub fn list(&self) -> Vec<(String, Result<Meta, TemplateError>)> {
+        let mut out = Vec::new();
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name.ends_with(".lock") || !e.path().is_dir() {
+                continue;
+            }
+            let Ok(key) = Key::from_hex(&name) else {
+                continue;
+            };
+            let r = match self.find(&key) {
+                Ok(Some(t)) => Ok(t.meta),
+                Ok(None) => Err(TemplateError::Corrupt {
+                    key: name.clone(),
+                    why: "no meta.json".into(),
+                }),
+                Err(e) => Err(e),
+            };
+            out.push((name, r));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The build lock of `key`, if no other process holds it.
+    fn try_lock(&self, key: &Key) -> Result<Option<nix::fcntl::Flock<File>>, TemplateError> {
+        let path = self.dir.join(format!("{}.lock", key.as_str()));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(format!("cannot open {}", path.display())))?;
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Ok(Some(l)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(TemplateError::Io {
+                what: format!("cannot lock {}", path.display()),
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Builds the template of `spec` (whose key is `key`) and returns it
+    /// verified. `None` when another process is building it.
+    pub fn build(&self, spec: &VmSpec, key: &Key) -> Result<Option<Template>, TemplateError> {
+        let Some(_lock) = self.try_lock(key)? else {
+            return Ok(None);
+        };
+        // Built while we waited for nothing? (The lock is not held between
+        // a build's rename and its release.)
+        if let Ok(Some(t)) = self.find(key) {
+            return Ok(Some(t));
+        }
+        let work = self
+            .dir
+            .join(format!(".build-{}-{}", key.as_str(), std::process::id()));
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir(&work).map_err(io_err(format!("cannot create {}", work.display())))?;
+        let r = self.build_in(spec, key, &work);
+        let _ = fs::remove_dir_all(&work);
+        r.map(Some)
+    }
+
+    fn build_in(&self, spec: &VmSpec, key: &Key, work: &Path) -> Result<Template, TemplateError> {
+        let empty = work.join("empty");
+        fs::create_dir(&empty).map_err(io_err(format!("cannot create {}", empty.display())))?;
+        let mut tspec = spec.clone();
+        tspec.id = format!("tpl-{}-{}", &key.as_str()[..12], std::process::id());
+        tspec.templates = TemplateMode::Off;
+        tspec.shares = spec
+            .shares
+            .iter()
+            .map(|s| Share {
+                tag: s.tag.clone(),
+                host_path: empty.clone(),
+                readonly: true,
+            })
+            .collect();
+        let state_path = work.join("state");
+        let state = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&state_path)
+            .map_err(io_err(format!("cannot create {}", state_path.display())))?;
+        let t0 = Instant::now();
+        let mut vm = Vm::boot(&tspec, &Start::Template)?;
+        let boot = t0.elapsed();
+        let ready = vm.ready().clone();
+        let t1 = Instant::now();
+        save(&mut vm, &tspec, &state)?;
+        let save_time = t1.elapsed();
+        // Saved and stopped: the template's own VM ends here.
+        vm.kill();
+        drop(vm);
+        drop(state);
+        let mut f = File::open(&state_path)
+            .map_err(io_err(format!("cannot open {}", state_path.display())))?;
+        let state_bytes = f
+            .metadata()
+            .map_err(io_err(format!("cannot stat {}", state_path.display())))?
+            .len();
+        if state_bytes == 0 || state_bytes > MAX_STATE_BYTES {
+            return Err(TemplateError::Corrupt {
+                key: key.as_str().into(),
+                why: format!("the saved state has {state_bytes} bytes"),
+            });
+        }
+        let state_xxh3 =
+            xxh3_of(&mut f).map_err(io_err(format!("cannot read {}", state_path.display())))?;
+        let meta = Meta {
+            format: FORMAT,
+            key: key.as_str().into(),
+            state_bytes,
+            state_xxh3,
+            protocol_version: ready.protocol_version,
+            agent_version: ready.agent_version,
+            kernel_release: ready.kernel_release,
+            uptime_ns: ready.uptime_ns,
+            boot_ms: boot.as_millis() as u64,
+            save_ms: save_time.as_millis() as u64,
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            memory_mib: spec.memory_mib,
+            vcpus: spec.vcpus,
+            shares: spec.shares.iter().map(|s| s.tag.clone()).collect(),
+        };
+        let meta_path = work.join("meta.json");
+        let mut m = File::create(&meta_path)
+            .map_err(io_err(format!("cannot create {}", meta_path.display())))?;
+        m.write_all(&serde_json::to_vec_pretty(&meta).expect("meta serialises"))
+            .map_err(io_err(format!("cannot write {}", meta_path.display())))?;
+        drop(m);
+        fs::remove_dir(&empty).map_err(io_err(format!("cannot remove {}", empty.display())))?;
+        let dest = self.path(key);
+        // Whatever is there is stale or corrupt (find said so).
+        self.discard(key);
+        fs::rename(work, &dest).map_err(io_err(format!(
+            "cannot rename {} to {}",
+            work.display(),
+            dest.display()
+        )))?;
+        log::info!(
+            "template {}: built ({} MiB, {} vCPUs, shares {:?}; boot {boot:?}, save {save_time:?}, {state_bytes} bytes)",
+            key.as_str(),
+            spec.memory_mib,
+            spec.vcpus,
+            meta.shares
+        );
+        self.find(key)?.ok_or_else(|| TemplateError::Corrupt {
+            key: key.as_str().into(),
+            why: "gone right after its build".into(),
+        })
+    }
+}
+
+/// Migrates the template's VM, running, into `state`; QEMU stops it at the
+/// end of the migration.
+fn save(vm: &mut Vm, spec: &VmSpec, state: &File) -> Result<(), TemplateError> {
+    let id = spec.id.clone();
+    let qmp_err = |source| TemplateError::Qmp {
+        id: id.clone(),
+        source,
+    };
+    let stream = vm.take_qmp().expect("a template VM has a QMP channel");
+    let timeout = spec.deadlines.reply;
+    let mut q = Qmp::connect(stream, timeout).map_err(qmp_err)?;
+    use std::os::fd::AsFd;
+    q.pass_fd("state", state.as_fd(), timeout)
+        .map_err(qmp_err)?;
+    q.execute("migrate", serde_json::json!({"uri": "fd:state"}), timeout)
+        .map_err(qmp_err)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = q
+            .execute("query-migrate", serde_json::json!({}), timeout)
+            .map_err(qmp_err)?;
+        let status = r.get("status").and_then(|s| s.as_str()).unwrap_or("");
+        match status {
+            "completed" => return Ok(()),
+            "failed" | "cancelled" => {
+                return Err(TemplateError::Migration {
+                    id,
+                    status: status.into(),
+                    message: mu2_protocol::text::sanitize(
+                        r.get("error-desc").and_then(|s| s.as_str()).unwrap_or(""),
+                        512,
+                    ),
+                })
+            }
+            _ if Instant::now() >= deadline => {
+                return Err(TemplateError::Migration {
+                    id,
+                    status: mu2_protocol::text::sanitize(status, 64),
+                    message: format!("not completed within {timeout:?}"),
+                })
+            }
+            _ => std::thread::sleep(POLL),
+        }
+    }
+}
+
+fn xxh3_of(f: &mut File) -> io::Result<String> {
+    use std::io::Seek;
+    f.rewind()?;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    f.rewind()?;
+    Ok(format!("{:032x}", h.digest128()))
+}
+
+/// Resumes a clone of `t` for `spec`.
+pub fn restore(spec: &VmSpec, t: &Template) -> Result<Vm, VmError> {
+    Vm::launch_once(
+        spec,
+        &Start::Restore {
+            state: &t.state,
+            ready: t.meta.ready(),
+        },
+    )
+}
+
+/// [`crate::Vm::launch`]'s template path: a clone of the spec's template,
+/// built first if missing and allowed; `None` (after a log line) whenever
+/// the caller should boot cold instead.
+pub(crate) fn restore_or_build(spec: &VmSpec, dir: &Path, build: bool) -> Option<Vm> {
+    let id = &spec.id;
+    let t0 = Instant::now();
+    let (key, store) = match Key::of(spec).and_then(|key| Ok((key, Store::open(dir)?))) {
+        Ok(x) => x,
+        Err(e) => {
+            log::warn!(
+                "vm {id}: no template ({}); booting",
+                crate::describe_error(&e)
+            );
+            return None;
+        }
+    };
+    let found = match store.find(&key) {
+        Ok(t) => t,
+        Err(e) => {
+            log::warn!(
+                "vm {id}: {}; removed, will be rebuilt",
+                crate::describe_error(&e)
+            );
+            store.discard(&key);
+            None
+        }
+    };
+    let t = match found {
+        Some(t) => t,
+        None if !build => {
+            log::info!("vm {id}: no template {}; booting", key.as_str());
+            return None;
+        }
+        None => match store.build(spec, &key) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                log::info!(
+                    "vm {id}: template {} is being built by another process; booting",
+                    key.as_str()
+                );
+                return None;
+            }
+            Err(e) => {
+                log::warn!(
+                    "vm {id}: building template {} failed ({}); booting",
+                    key.as_str(),
+                    crate::describe_error(&e)
+                );
+                return None;
+            }
+        },
+    };
+    let found_in = t0.elapsed();
+    match restore(spec, &t) {
+        Ok(vm) => {
+            log::info!(
+                "vm {id}: restored from template {} (find {found_in:?}, restore {:?})",
+                key.as_str(),
+                vm.boot_time()
+            );
+            Some(vm)
+        }
+        Err(e) => {
+            log::warn!(
+                "vm {id}: restoring template {} failed ({}); template removed, booting",
+                key.as_str(),
+                crate::describe_error(&e)
+            );
+            store.discard(&key);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_turns_templates_off_or_moves_them() {
+        let p = Path::new("/etc/mu2/config.toml");
+        assert_eq!(
+            TemplateMode::parse(p, "").unwrap(),
+            TemplateMode::Use {
+                dir: DEFAULT_TEMPLATE_DIR.into(),
+                build: true
+            }
+        );
+        assert_eq!(
+            TemplateMode::parse(p, "[templates]\nenabled = false\n").unwrap(),
+            TemplateMode::Off
+        );
+        assert_eq!(
+            TemplateMode::parse(p, "[templates]\ndir = \"/srv/t\"\nbuild = false\n").unwrap(),
+            TemplateMode::Use {
+                dir: "/srv/t".into(),
+                build: false
+            }
+        );
+        for bad in [
+            "[templates]\ndir = \"rel\"\n",
+            "[templates]\nenabld = true\n",
+            "[templates]\nenabled = 1\n",
+        ] {
+            assert!(TemplateMode::parse(p, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_key_follows_what_the_state_depends_on() {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("vmlinux");
+        let i = d.path().join("initrd.img");
+        fs::write(&k, b"kernel").unwrap();
+        fs::write(&i, b"initrd").unwrap();
+        let mut s = crate::spec::tests::spec();
+        s.qemu = "/bin/true".into();
+        s.kernel = k.clone();
+        s.initrd = i;
+        let base = Key::of(&s).unwrap();
+        assert_eq!(base, Key::of(&s).unwrap());
+        assert_eq!(base.as_str().len(), 64);
+        let mut other = s.clone();
+        other.shares[0].host_path = "/srv".into();
+        other.shares[0].readonly = false;
+        other.id = "another".into();
+        assert_eq!(
+            base,
+            Key::of(&other).unwrap(),
+            "host paths and ids do not matter"
+        );
+        let mut m = s.clone();
+        m.memory_mib = 512;
+        assert_ne!(base, Key::of(&m).unwrap());
+        let mut m = s.clone();
+        m.shares.push(Share {
+            tag: "vol0".into(),
+            host_path: "/".into(),
+            readonly: true,
+        });
+        assert_ne!(base, Key::of(&m).unwrap());
+        std::thread::sleep(Duration::from_millis(10));
+        fs::write(&k, b"kernel2").unwrap();
+        assert_ne!(base, Key::of(&s).unwrap(), "a new kernel is a new key");
+    }
+
+    #[test]
+    fn a_damaged_template_is_found_corrupt_and_discarded() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let key = Key("ab".repeat(32));
+        assert!(store.find(&key).unwrap().is_none());
+        let dir = d.path().join(key.as_str());
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("state"), b"QEVM....").unwrap();
+        let mut f = File::open(dir.join("state")).unwrap();
+        let meta = Meta {
+            format: FORMAT,
+            key: key.as_str().into(),
+            state_bytes: 8,
+            state_xxh3: xxh3_of(&mut f).unwrap(),
+            protocol_version: 3,
+            agent_version: "a".into(),
+            kernel_release: "k".into(),
+            uptime_ns: 1,
+            boot_ms: 1,
+            save_ms: 1,
+            created_unix: 1,
+            memory_mib: 256,
+            vcpus: 1,
+            shares: vec!["rootfs".into()],
+        };
+        fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+        assert!(store.find(&key).unwrap().is_some());
+        fs::write(dir.join("state"), b"QEVM...!").unwrap();
+        let e = store.find(&key).err().expect("a changed byte is caught");
+        assert!(e.to_string().contains("checksum"), "{e}");
+        fs::write(dir.join("state"), b"QEVM").unwrap();
+        let e = store.find(&key).err().expect("a truncated state is caught");
+        assert!(e.to_string().contains("4 bytes"), "{e}");
+        fs::write(dir.join("meta.json"), b"{").unwrap();
+        assert!(store.find(&key).is_err());
+        store.discard(&key);
+        assert!(!dir.exists());
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0, "nothing left");
+    }
+
+    #[test]
+    fn what_dead_builders_left_is_swept_and_live_ones_kept() {
+        let d = tempfile::tempdir().unwrap();
+        // pid_max is at most 2^22: this pid cannot exist.
+        let dead = d
+            .path()
+            .join(format!(".build-{}-99999999", "cd".repeat(32)));
+        let live = d
+            .path()
+            .join(format!(".build-{}-{}", "cd".repeat(32), std::process::id()));
+        fs::create_dir_all(dead.join("empty")).unwrap();
+        fs::create_dir(&live).unwrap();
+        Store::open(d.path()).unwrap();
+        assert!(!dead.exists());
+        assert!(live.exists());
+    }
+}
