@@ -876,6 +876,7 @@ pub fn describe_msg(m: &GuestMsg) -> String {
         GuestMsg::Started { pid } => format!("Started (pid {pid})"),
         GuestMsg::StartFailed { reason, .. } => format!("StartFailed ({reason:?})"),
         GuestMsg::Exit(e) => format!("Exit (status {})", e.status),
+        GuestMsg::Identified { .. } => "Identified".into(),
     }
 }
 
