@@ -141,6 +141,12 @@ pub enum VmError {
         got: String,
         want: &'static str,
     },
+    #[error("vm {id} did not take its identity: {reason}; killed it; console tail:\n{console}")]
+    Identity {
+        id: String,
+        reason: crate::identity::IdentityError,
+        console: String,
+    },
 }
 
 /// What the agent's reader thread hands to the VM's owner.
@@ -509,6 +515,7 @@ impl Vm {
                     vm.pid(),
                     vm.ready.kernel_release
                 );
+                crate::identity::identify(&mut vm)?;
                 Ok(vm)
             }
             Err(e) => {
