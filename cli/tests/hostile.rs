@@ -1,7 +1,11 @@
 //! The guest is hostile: a replacement agent (test-bundles/hostile-agent,
 //! in an initramfs of the test's own) breaks the protocol in every way we
 //! know, and `mu2 run` must end it within its deadlines, stay bounded in
-//! memory, say what happened in one line, and leave nothing behind.
+//! memory, say what happened in one line, and leave nothing behind. Its
+//! modes answer the host's Identity where they are meant to misbehave
+//! later; two misbehave at the Identity itself, and one (`stale-clock`)
+//! plays a VM restored from an old template, whose clock the Identity
+//! must set before the container runs.
 //!
 //! The deadlines are the operator's `[timeouts]`: the tests run under a
 //! config file of their own with short ones (ready 20 s, reply 5 s, drain
@@ -131,6 +135,7 @@ fn config() -> &'static Path {
 
 struct Hostile {
     code: i32,
+    stdout: String,
     stderr: String,
     took: Duration,
     peak_rss_kib: u64,
@@ -138,9 +143,14 @@ struct Hostile {
 
 /// Runs `true` in a VM whose agent is hostile in `mode`.
 fn run_hostile(mode: &str) -> Option<Hostile> {
+    run_hostile_with(mode, &["true"])
+}
+
+/// Runs `args` in a VM whose agent is hostile in `mode`.
+fn run_hostile_with(mode: &str, args: &[&str]) -> Option<Hostile> {
     let base = setup()?;
     let guest = hostile_guest(mode);
-    let bundle = TestBundle::new(&base, &["true"]);
+    let bundle = TestBundle::new(&base, args);
     let dir = bundle.write();
     let id = unique_id(&format!("hostile-{mode}"));
     let start = Instant::now();
@@ -182,6 +192,7 @@ fn run_hostile(mode: &str) -> Option<Hostile> {
     assert_nothing_left(&id, dir);
     Some(Hostile {
         code: out.code(),
+        stdout: out.stdout_str(),
         stderr: out.stderr_str(),
         took,
         peak_rss_kib,
@@ -220,6 +231,61 @@ fn a_ready_frame_trickled_byte_by_byte_does_not_stretch_the_deadline() {
         return;
     };
     assert_ended(&h, &format!("was not ready within {READY}s"), bound(0));
+}
+
+#[test]
+fn an_agent_that_never_answers_its_identity_is_killed_at_the_reply_deadline() {
+    let Some(h) = run_hostile("silent-after-ready") else {
+        return;
+    };
+    assert_ended(
+        &h,
+        &format!("did not answer Identified after Identity within {REPLY}s"),
+        bound(REPLY),
+    );
+}
+
+#[test]
+fn an_agent_that_cannot_apply_its_identity_runs_nothing() {
+    let Some(h) = run_hostile("refuse-identity") else {
+        return;
+    };
+    assert_ended(
+        &h,
+        "did not take its identity: its agent could not apply it (Setup): cannot apply the host's identity",
+        bound(REPLY),
+    );
+}
+
+#[test]
+fn a_guest_clock_years_behind_is_set_to_the_hosts_before_the_container_runs() {
+    // A VM restored from an old template has the template's clock; the
+    // hostile agent plays one (2001) and hands over to the real agent, so
+    // without the Identity's clock step `date` says 2001.
+    let before = now_ns();
+    let Some(h) = run_hostile_with("stale-clock", &["date", "+%s"]) else {
+        return;
+    };
+    let after = now_ns();
+    assert_eq!(h.code, 0, "{}", h.stderr);
+    let guest: u64 = h
+        .stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{:?}", h.stdout));
+    assert!(
+        before / 1_000_000_000 <= guest + 1 && guest <= after / 1_000_000_000 + 1,
+        "guest clock {guest} s, host {} to {} s",
+        before / 1_000_000_000,
+        after / 1_000_000_000
+    );
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 #[test]

@@ -78,6 +78,9 @@ fn run(control: &mut File, target: &Target) {
             HostMsg::Run(_) | HostMsg::Start => {
                 crate::log_error("ignoring a second Run or Start: one process per VM")
             }
+            HostMsg::Identity(_) => {
+                crate::log_error("ignoring a second Identity: a VM has one, given first")
+            }
         }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! init starts the agent once the virtio modules are loaded. The agent
 //! opens the four virtio-serial ports, announces itself with `Ready`, takes
-//! exactly one `Run` and prepares the container for it — root ([`rootfs`]),
+//! the host's `Identity` and applies it ([`identity`]: entropy and a
+//! reseeded kernel RNG, the wall clock, the VM id), answering `Identified`,
+//! then takes exactly one `Run` and prepares the container for it — root ([`rootfs`]),
 //! cgroup ([`cgroup`]), stdio ([`stdio`]), args[0] resolved — answering
 //! `Prepared` (or `StartFailed`: a missing binary fails here, at containerd's
 //! Create, as under runc). On `Start` it forks the process ([`spawn`]),
@@ -12,8 +14,16 @@
 //! sit in a virtio queue — and exits, and init powers the VM off: one VM,
 //! one process.
 //!
-//! Errors go to the console with a `mu2-agent:` prefix; everything else
-//! only with `mu2.debug=1` on the kernel command line (`MU2_DEBUG` from init).
+//! Errors go to the console with a `mu2-agent:` prefix (`mu2-agent[VM id]:`
+//! once the identity is applied); everything else only with `mu2.debug=1`
+//! on the kernel command line (`MU2_DEBUG` from init).
+//!
+//! Nothing before the identity may draw random bytes or read
+//! `/proc/sys/kernel/random/boot_id`: a template is snapshotted at Ready,
+//! and whatever was drawn before is the same in every clone. That rules out
+//! `getrandom`, /dev/urandom and std's `HashMap`/`HashSet` with their
+//! default `RandomState` (its keys are drawn once per thread and reused)
+//! on that path; see docs/agent-protocol.md.
 
 // `unsafe` lives in `sys` alone, one commented function per syscall.
 #![deny(unsafe_code)]
@@ -22,6 +32,7 @@ pub mod cgroup;
 pub mod confine;
 pub mod control;
 pub mod devices;
+pub mod identity;
 pub mod mountopts;
 pub mod paths;
 pub mod ports;
@@ -53,13 +64,21 @@ static DEBUG: AtomicBool = AtomicBool::new(false);
 
 /// Prints an error line on the console.
 pub fn log_error(msg: &str) {
-    eprintln!("mu2-agent: {msg}");
+    eprintln!("{}: {msg}", log_prefix());
 }
 
 /// Prints a line on the console with `mu2.debug=1`.
 pub fn log_debug(msg: &str) {
     if DEBUG.load(Ordering::Relaxed) {
-        eprintln!("mu2-agent: {msg}");
+        eprintln!("{}: {msg}", log_prefix());
+    }
+}
+
+/// `mu2-agent`, with the VM id once the host gave it.
+fn log_prefix() -> String {
+    match identity::vm_id() {
+        Some(id) => format!("mu2-agent[{id}]"),
+        None => "mu2-agent".to_string(),
     }
 }
 
@@ -85,10 +104,14 @@ pub enum AgentError {
         #[source]
         source: ProtocolError,
     },
-    #[error("cannot receive the Run request")]
-    Receive(#[source] ProtocolError),
-    #[error("the host closed the control port before sending Run")]
-    HostGone,
+    #[error("cannot receive the {what} request")]
+    Receive {
+        what: &'static str,
+        #[source]
+        source: ProtocolError,
+    },
+    #[error("the host closed the control port before sending {what}")]
+    HostGone { what: &'static str },
     #[error("cannot duplicate the {what} descriptor")]
     Dup {
         what: &'static str,
@@ -179,15 +202,36 @@ fn serve() -> Result<(), AgentError> {
     let out: Shared = Arc::new(std::sync::Mutex::new(control));
     send(&out, "Ready", &GuestMsg::Ready(ready()))?;
 
-    let run = match read_msg::<_, HostMsg>(&mut input) {
-        Ok(Some(HostMsg::Run(run))) => run,
-        Ok(None) => return Err(AgentError::HostGone),
-        Ok(Some(other)) => {
-            let message = format!("expected Run as the first message, got {other:?}");
-            return fail(&out, StartFailReason::Invalid, message);
-        }
-        Err(e @ ProtocolError::Frame(FrameError::Io(_))) => return Err(AgentError::Receive(e)),
-        Err(e) => return fail(&out, StartFailReason::Invalid, chain(&e)),
+    // The identity first: nothing of a request may run on the template's.
+    let identity = match expect_request(read_msg::<_, HostMsg>(&mut input), "Identity", |m| match m
+    {
+        HostMsg::Identity(i) => Ok(i),
+        other => Err(other),
+    }) {
+        Awaited::Got(i) => i,
+        Awaited::Refuse(message) => return fail(&out, StartFailReason::Invalid, message),
+        Awaited::Lost(e) => return Err(e),
+    };
+    if let Err(e) = identity::apply(&identity) {
+        let message = format!("cannot apply the host's identity: {}", chain(&e));
+        return fail(&out, StartFailReason::Setup, message);
+    }
+    log_debug(&format!("identity applied: {identity:?}"));
+    send(
+        &out,
+        "Identified",
+        &GuestMsg::Identified {
+            uptime_ns: uptime_ns(),
+        },
+    )?;
+
+    let run = match expect_request(read_msg::<_, HostMsg>(&mut input), "Run", |m| match m {
+        HostMsg::Run(r) => Ok(r),
+        other => Err(other),
+    }) {
+        Awaited::Got(r) => r,
+        Awaited::Refuse(message) => return fail(&out, StartFailReason::Invalid, message),
+        Awaited::Lost(e) => return Err(e),
     };
     log_debug(&format!("run {run:?}"));
 
@@ -205,7 +249,7 @@ fn serve() -> Result<(), AgentError> {
         },
     )?;
     if !await_start(&mut input, &out, &prepared.cgroup)? {
-        return Err(AgentError::HostGone);
+        return Err(AgentError::HostGone { what: "Start" });
     }
 
     let started = match start(prepared) {
@@ -280,6 +324,41 @@ fn serve() -> Result<(), AgentError> {
     Ok(())
 }
 
+/// What came of waiting for one request of the fixed opening (Identity,
+/// then Run).
+#[derive(Debug)]
+enum Awaited<T> {
+    Got(T),
+    /// Something else came, or a message that does not decode: answer
+    /// StartFailed (Invalid) with this text, and end.
+    Refuse(String),
+    /// The control channel ended or broke: nobody to answer.
+    Lost(AgentError),
+}
+
+/// Takes the host's next message as the `what` request (`pick` returns it,
+/// or gives back any other message).
+fn expect_request<T>(
+    got: Result<Option<HostMsg>, ProtocolError>,
+    what: &'static str,
+    pick: impl FnOnce(HostMsg) -> Result<T, HostMsg>,
+) -> Awaited<T> {
+    match got {
+        Ok(Some(m)) => match pick(m) {
+            Ok(t) => Awaited::Got(t),
+            Err(other) => Awaited::Refuse(match what {
+                "Identity" => format!("expected Identity first, got {}", other.name()),
+                _ => format!("expected {what} after Identity, got {}", other.name()),
+            }),
+        },
+        Ok(None) => Awaited::Lost(AgentError::HostGone { what }),
+        Err(source @ ProtocolError::Frame(FrameError::Io(_))) => {
+            Awaited::Lost(AgentError::Receive { what, source })
+        }
+        Err(e) => Awaited::Refuse(format!("a bad {what} request: {}", chain(&e))),
+    }
+}
+
 /// Serves the host between Prepared and Start: Update is answered, anything
 /// else waits for the process. `false`: the host went away.
 fn await_start(
@@ -294,9 +373,14 @@ fn await_start(
                 let error = cgroup.update(&u).err().map(|e| chain(&e));
                 send(out, "Updated", &GuestMsg::Updated { error })?;
             }
-            Ok(Some(other)) => log_error(&format!("ignoring {other:?} before Start")),
+            Ok(Some(other)) => log_error(&format!("ignoring {} before Start", other.name())),
             Ok(None) => return Ok(false),
-            Err(e @ ProtocolError::Frame(_)) => return Err(AgentError::Receive(e)),
+            Err(source @ ProtocolError::Frame(_)) => {
+                return Err(AgentError::Receive {
+                    what: "Start",
+                    source,
+                })
+            }
             Err(e) => log_error(&format!("ignoring a bad control message: {}", chain(&e))),
         }
     }
@@ -315,15 +399,19 @@ fn ready() -> Ready {
     let kernel_release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    let uptime_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0);
     Ready {
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         kernel_release,
-        uptime_ns,
+        uptime_ns: uptime_ns(),
     }
+}
+
+/// The guest's CLOCK_BOOTTIME in nanoseconds (0 if it cannot be read).
+fn uptime_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 enum AgentStdio {
@@ -441,6 +529,75 @@ fn wait_exit(pid: Pid) -> Result<(i32, Option<i32>), AgentError> {
             }
             Ok(_) => continue,
             Err(source) => return Err(AgentError::Wait { pid, source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> mu2_protocol::Identity {
+        mu2_protocol::Identity::new(vec![1; 64], 1_700_000_000_000_000_000, "vm-1".into()).unwrap()
+    }
+
+    fn want_identity(
+        got: Result<Option<HostMsg>, ProtocolError>,
+    ) -> Awaited<mu2_protocol::Identity> {
+        expect_request(got, "Identity", |m| match m {
+            HostMsg::Identity(i) => Ok(i),
+            other => Err(other),
+        })
+    }
+
+    #[test]
+    fn the_first_request_must_be_identity() {
+        assert!(matches!(
+            want_identity(Ok(Some(HostMsg::Identity(identity())))),
+            Awaited::Got(i) if i == identity()
+        ));
+        // A Run first would run on the template's RNG and clock.
+        match want_identity(Ok(Some(HostMsg::Run(Box::default())))) {
+            Awaited::Refuse(m) => assert_eq!(m, "expected Identity first, got Run"),
+            other => panic!("{other:?}"),
+        }
+        match want_identity(Ok(Some(HostMsg::Start))) {
+            Awaited::Refuse(m) => assert_eq!(m, "expected Identity first, got Start"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            want_identity(Ok(None)),
+            Awaited::Lost(AgentError::HostGone { what: "Identity" })
+        ));
+        // An identity that does not decode is refused, not applied.
+        let bad = mu2_protocol::Identity::new(vec![0; 31], 1, "a".into()).unwrap_err();
+        match want_identity(Err(bad)) {
+            Awaited::Refuse(m) => assert!(m.contains("identity.entropy"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let broken = ProtocolError::Frame(FrameError::Io(std::io::Error::other("eof")));
+        assert!(matches!(
+            want_identity(Err(broken)),
+            Awaited::Lost(AgentError::Receive {
+                what: "Identity",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn run_comes_after_identity() {
+        let got = expect_request(
+            Ok(Some(HostMsg::Identity(identity()))),
+            "Run",
+            |m| match m {
+                HostMsg::Run(r) => Ok(r),
+                other => Err(other),
+            },
+        );
+        match got {
+            Awaited::Refuse(m) => assert_eq!(m, "expected Run after Identity, got Identity"),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -13,6 +13,44 @@ nix::ioctl_write_int_bad!(ioctl_tiocsctty, libc::TIOCSCTTY);
 nix::ioctl_write_ptr_bad!(ioctl_tiocsptlck, libc::TIOCSPTLCK, libc::c_int);
 nix::ioctl_read_bad!(ioctl_tiocgptn, libc::TIOCGPTN, libc::c_uint);
 
+/// `RNDADDENTROPY` and `RNDRESEEDCRNG` of linux/random.h (`libc` names
+/// neither): `_IOW('R', 0x03, int[2])` and `_IO('R', 0x07)`.
+pub const RNDADDENTROPY: libc::c_ulong =
+    nix::request_code_write!(b'R', 0x03, std::mem::size_of::<[libc::c_int; 2]>()) as libc::c_ulong;
+pub const RNDRESEEDCRNG: libc::c_ulong = nix::request_code_none!(b'R', 0x07) as libc::c_ulong;
+nix::ioctl_write_ptr_bad!(ioctl_rndaddentropy, RNDADDENTROPY, RandPoolInfo);
+nix::ioctl_none_bad!(ioctl_rndreseedcrng, RNDRESEEDCRNG);
+
+/// `struct rand_pool_info` of linux/random.h with room for the most entropy
+/// an Identity carries: the bits to credit, the bytes that follow, then the
+/// bytes (the kernel reads `buf_size` of them after the two ints).
+#[repr(C)]
+pub struct RandPoolInfo {
+    pub entropy_count: libc::c_int,
+    pub buf_size: libc::c_int,
+    pub buf: [u8; mu2_protocol::MAX_ENTROPY_LEN],
+}
+
+impl RandPoolInfo {
+    /// `entropy`, credited in full (8 bits a byte: the host's getrandom is
+    /// a cryptographic RNG). `E2BIG` above [`mu2_protocol::MAX_ENTROPY_LEN`].
+    pub fn new(entropy: &[u8]) -> nix::Result<RandPoolInfo> {
+        let mut info = RandPoolInfo {
+            entropy_count: 0,
+            buf_size: 0,
+            buf: [0; mu2_protocol::MAX_ENTROPY_LEN],
+        };
+        info.buf
+            .get_mut(..entropy.len())
+            .ok_or(Errno::E2BIG)?
+            .copy_from_slice(entropy);
+        // At most MAX_ENTROPY_LEN (256) bytes: both fit a c_int.
+        info.buf_size = entropy.len() as libc::c_int;
+        info.entropy_count = (entropy.len() * 8) as libc::c_int;
+        Ok(info)
+    }
+}
+
 /// `fork(2)`.
 ///
 /// Callers must be single-threaded: the agent forks the container process
@@ -72,6 +110,23 @@ pub fn pty_number(master: BorrowedFd<'_>) -> nix::Result<u32> {
     // into `n`, which outlives the call.
     unsafe { ioctl_tiocgptn(master.as_raw_fd(), &mut n) }?;
     Ok(n)
+}
+
+/// `RNDADDENTROPY`: mixes `entropy` into the kernel's input pool and
+/// credits it (needs CAP_SYS_ADMIN; `fd` is /dev/random or /dev/urandom).
+pub fn add_entropy(fd: BorrowedFd<'_>, entropy: &[u8]) -> nix::Result<()> {
+    let info = RandPoolInfo::new(entropy)?;
+    // SAFETY: the fd is borrowed, hence open; `info` is a valid
+    // rand_pool_info whose buf holds at least buf_size bytes, and it
+    // outlives the call; the kernel only reads it.
+    unsafe { ioctl_rndaddentropy(fd.as_raw_fd(), &info) }.map(drop)
+}
+
+/// `RNDRESEEDCRNG`: reseeds the kernel's CRNG from its input pool now
+/// (needs CAP_SYS_ADMIN; `ENODATA` while the CRNG is not initialised).
+pub fn reseed_crng(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    // SAFETY: the fd is borrowed, hence open; the ioctl takes no argument.
+    unsafe { ioctl_rndreseedcrng(fd.as_raw_fd()) }.map(drop)
 }
 
 /// `EINTR`-retrying wrapper for blocking calls.
@@ -229,4 +284,34 @@ pub fn install_seccomp(program: &[u8], flags: u32) -> nix::Result<()> {
         )
     };
     Errno::result(r).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_ioctls_have_the_kernels_numbers() {
+        assert_eq!(RNDADDENTROPY, 0x4008_5203);
+        assert_eq!(RNDRESEEDCRNG, 0x5207);
+    }
+
+    #[test]
+    fn rand_pool_info_is_bits_then_bytes_then_the_bytes() {
+        assert_eq!(std::mem::offset_of!(RandPoolInfo, entropy_count), 0);
+        assert_eq!(std::mem::offset_of!(RandPoolInfo, buf_size), 4);
+        assert_eq!(std::mem::offset_of!(RandPoolInfo, buf), 8);
+        let entropy: Vec<u8> = (1..=64).collect();
+        let info = RandPoolInfo::new(&entropy).unwrap();
+        assert_eq!(info.entropy_count, 512);
+        assert_eq!(info.buf_size, 64);
+        assert_eq!(&info.buf[..64], &entropy[..]);
+        assert!(info.buf[64..].iter().all(|b| *b == 0));
+        let full = RandPoolInfo::new(&[9; mu2_protocol::MAX_ENTROPY_LEN]).unwrap();
+        assert_eq!(full.entropy_count, 2048);
+        assert_eq!(
+            RandPoolInfo::new(&[0; mu2_protocol::MAX_ENTROPY_LEN + 1]).err(),
+            Some(Errno::E2BIG)
+        );
+    }
 }

@@ -9,6 +9,10 @@
 //! console. Dropping a [`Vm`] kills and reaps QEMU, so no error path leaves
 //! a VMM behind.
 //!
+//! Before anything of a request, every VM gets a fresh identity (host
+//! entropy for its RNG, the host's wall clock, its id: `identity.rs`), so
+//! that VMs restored from one snapshot are not copies of each other.
+//!
 //! [`guest`] finds the installed guest image;
 //! [`accel`] decides between KVM and TCG; [`cgroup`] holds each VMM in a
 //! host cgroup of its own (limits, statistics, pause); [`record`] keeps the
@@ -21,6 +25,7 @@ pub mod cgroup;
 pub mod console;
 pub mod deadlines;
 pub mod guest;
+pub mod identity;
 pub mod jail;
 pub mod qemu;
 pub mod qmp;

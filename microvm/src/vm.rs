@@ -141,6 +141,12 @@ pub enum VmError {
         got: String,
         want: &'static str,
     },
+    #[error("vm {id} did not take its identity: {reason}; killed it; console tail:\n{console}")]
+    Identity {
+        id: String,
+        reason: crate::identity::IdentityError,
+        console: String,
+    },
 }
 
 /// What the agent's reader thread hands to the VM's owner.
@@ -549,6 +555,12 @@ impl Vm {
         match up {
             Ok(ready) => {
                 vm.ready = ready;
+                // A template's VM stays as it booted; every other VM takes
+                // its own identity before anything else (for a clone, its
+                // Identified is also the sign it resumed).
+                if !matches!(how, Start::Template) {
+                    crate::identity::identify(&mut vm)?;
+                }
                 vm.boot_time = started.elapsed();
                 // The stderr reader ends with QEMU; keep its handle to join.
                 if let Some((_, h)) = qemu_stderr {
@@ -941,6 +953,7 @@ pub fn describe_msg(m: &GuestMsg) -> String {
         GuestMsg::Started { pid } => format!("Started (pid {pid})"),
         GuestMsg::StartFailed { reason, .. } => format!("StartFailed ({reason:?})"),
         GuestMsg::Exit(e) => format!("Exit (status {})", e.status),
+        GuestMsg::Identified { .. } => "Identified".into(),
     }
 }
 

@@ -39,6 +39,102 @@ pub struct Ready {
     pub uptime_ns: u64,
 }
 
+/// Fewest and most entropy bytes an [`Identity`] carries.
+pub const MIN_ENTROPY_LEN: usize = 32;
+pub const MAX_ENTROPY_LEN: usize = 256;
+/// Longest VM id an [`Identity`] carries.
+pub const MAX_VM_ID_LEN: usize = 64;
+
+/// What makes a VM itself: the host sends it first, on every VM, because
+/// VMs restored from one snapshot start from identical memory (same RNG
+/// state, same wall clock). Only [`Identity::new`] and decoding make one,
+/// so every identity has [`MIN_ENTROPY_LEN`]..=[`MAX_ENTROPY_LEN`] bytes of
+/// entropy, a non-zero clock and a valid VM id.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Identity {
+    entropy: Vec<u8>,
+    realtime_ns: u64,
+    vm_id: String,
+}
+
+impl Identity {
+    pub fn new(
+        entropy: Vec<u8>,
+        realtime_ns: u64,
+        vm_id: String,
+    ) -> Result<Identity, ProtocolError> {
+        if !(MIN_ENTROPY_LEN..=MAX_ENTROPY_LEN).contains(&entropy.len()) {
+            return Err(invalid(
+                "identity.entropy",
+                format!(
+                    "{} bytes, not {MIN_ENTROPY_LEN}..={MAX_ENTROPY_LEN}",
+                    entropy.len()
+                ),
+            ));
+        }
+        if realtime_ns == 0 {
+            return Err(invalid("identity.realtime_ns", "zero"));
+        }
+        check_vm_id(&vm_id).map_err(|e| invalid("identity.vm_id", e))?;
+        Ok(Identity {
+            entropy,
+            realtime_ns,
+            vm_id,
+        })
+    }
+
+    /// Host random bytes for the guest kernel's pool.
+    pub fn entropy(&self) -> &[u8] {
+        &self.entropy
+    }
+
+    /// The host's wall clock in nanoseconds since the Unix epoch.
+    pub fn realtime_ns(&self) -> u64 {
+        self.realtime_ns
+    }
+
+    pub fn vm_id(&self) -> &str {
+        &self.vm_id
+    }
+}
+
+/// Never shows the entropy: a debug line must not leak what seeds the
+/// guest's RNG.
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("entropy", &format_args!("<{} bytes>", self.entropy.len()))
+            .field("realtime_ns", &self.realtime_ns)
+            .field("vm_id", &self.vm_id)
+            .finish()
+    }
+}
+
+/// Checks a VM id: 1-[`MAX_VM_ID_LEN`] characters of `A-Z a-z 0-9 _ . -`,
+/// not starting with a dot (the host's rule for the ids that name jails and
+/// cgroups; no NUL, no slash).
+pub fn check_vm_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_VM_ID_LEN {
+        return Err(format!("{} bytes, not 1..={MAX_VM_ID_LEN}", id.len()));
+    }
+    if id.starts_with('.') {
+        return Err(format!(
+            "{:?} starts with a dot",
+            crate::text::sanitize(id, 80)
+        ));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(format!(
+            "{:?} has a character other than A-Z a-z 0-9 _ . -",
+            crate::text::sanitize(id, 80)
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rlimit {
     pub resource: u32,
@@ -268,6 +364,9 @@ pub struct Update {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostMsg {
+    /// The VM's fresh identity: the first message after Ready (answered by
+    /// Identified, or StartFailed when it cannot be applied).
+    Identity(Identity),
     /// Set the process up (answered by Prepared or StartFailed).
     Run(Box<Run>),
     /// Start the prepared process (answered by Started or StartFailed).
@@ -284,6 +383,22 @@ pub enum HostMsg {
     ExitAck,
     /// Change limits (answered by Updated).
     Update(Update),
+}
+
+impl HostMsg {
+    /// The message's kind, for logs and errors (never its contents).
+    pub fn name(&self) -> &'static str {
+        match self {
+            HostMsg::Identity(_) => "Identity",
+            HostMsg::Run(_) => "Run",
+            HostMsg::Start => "Start",
+            HostMsg::Signal { .. } => "Signal",
+            HostMsg::Resize(_) => "Resize",
+            HostMsg::StdinClose { .. } => "StdinClose",
+            HostMsg::ExitAck => "ExitAck",
+            HostMsg::Update(_) => "Update",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +427,11 @@ pub const MAX_MESSAGE_LEN: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestMsg {
     Ready(Ready),
+    /// The host's Identity is applied; `uptime_ns` is the guest's
+    /// CLOCK_BOOTTIME then.
+    Identified {
+        uptime_ns: u64,
+    },
     /// The process is set up; args[0] resolved to `path`.
     Prepared {
         path: String,
@@ -808,6 +928,12 @@ impl Wire for HostMsg {
     fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
         use pb::host_message::Kind;
         let kind = match self {
+            HostMsg::Identity(i) => Kind::Identity(pb::Identity {
+                entropy: i.entropy.clone(),
+                realtime_ns: i.realtime_ns,
+                vm_id: i.vm_id.clone(),
+                ..Default::default()
+            }),
             HostMsg::Run(r) => Kind::Run(r.as_ref().into()),
             HostMsg::Signal { signal, all } => Kind::Signal(pb::Signal {
                 signal: *signal as u32,
@@ -841,6 +967,11 @@ impl Wire for HostMsg {
         use pb::host_message::Kind;
         let m: pb::HostMessage = decode(Self::NAME, bytes)?;
         match m.kind {
+            Some(Kind::Identity(i)) => Ok(HostMsg::Identity(Identity::new(
+                i.entropy,
+                i.realtime_ns,
+                i.vm_id,
+            )?)),
             Some(Kind::Run(r)) => Ok(HostMsg::Run(Box::new(Run::try_from(r)?))),
             Some(Kind::Signal(s)) => Ok(HostMsg::Signal {
                 signal: signal("signal.signal", s.signal)?,
@@ -886,6 +1017,10 @@ impl Wire for GuestMsg {
                 agent_version: r.agent_version.clone(),
                 kernel_release: r.kernel_release.clone(),
                 uptime_ns: r.uptime_ns,
+                ..Default::default()
+            }),
+            GuestMsg::Identified { uptime_ns } => Kind::Identified(pb::Identified {
+                uptime_ns: *uptime_ns,
                 ..Default::default()
             }),
             GuestMsg::Prepared { path } => Kind::Prepared(pb::Prepared {
@@ -946,6 +1081,9 @@ impl Wire for GuestMsg {
                     uptime_ns: r.uptime_ns,
                 }))
             }
+            Some(Kind::Identified(i)) => Ok(GuestMsg::Identified {
+                uptime_ns: i.uptime_ns,
+            }),
             Some(Kind::Prepared(p)) => {
                 if p.path.len() > MAX_PATH_LEN {
                     return Err(invalid(
@@ -1130,6 +1268,88 @@ mod tests {
             pids: Some(Limit::Unlimited),
         }));
         round_trip(HostMsg::Update(Update::default()));
+    }
+
+    fn sample_identity() -> Identity {
+        Identity::new(
+            (0..64).collect(),
+            1_700_000_000_123_456_789,
+            "t-vm_1.a".into(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn identity_round_trips() {
+        round_trip(HostMsg::Identity(sample_identity()));
+        for len in [MIN_ENTROPY_LEN, MAX_ENTROPY_LEN] {
+            round_trip(HostMsg::Identity(
+                Identity::new(vec![7; len], 1, "a".repeat(MAX_VM_ID_LEN)).unwrap(),
+            ));
+        }
+        round_trip(GuestMsg::Identified { uptime_ns: 0 });
+        round_trip(GuestMsg::Identified {
+            uptime_ns: u64::MAX,
+        });
+    }
+
+    fn rejects_identity(edit: impl FnOnce(&mut pb::Identity), field: &str) {
+        let i = sample_identity();
+        let mut p = pb::Identity {
+            entropy: i.entropy.clone(),
+            realtime_ns: i.realtime_ns,
+            vm_id: i.vm_id.clone(),
+            ..Default::default()
+        };
+        edit(&mut p);
+        let m = pb::HostMessage {
+            kind: Some(pb::host_message::Kind::Identity(p)),
+            ..Default::default()
+        };
+        let bytes = m.write_to_bytes().unwrap();
+        match HostMsg::decode(&bytes) {
+            Err(ProtocolError::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("expected invalid {field}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_identities_are_refused() {
+        for len in [0, 1, MIN_ENTROPY_LEN - 1, MAX_ENTROPY_LEN + 1, 4096] {
+            rejects_identity(|i| i.entropy = vec![1; len], "identity.entropy");
+        }
+        rejects_identity(|i| i.realtime_ns = 0, "identity.realtime_ns");
+        for bad in [
+            "".to_string(),
+            "a".repeat(MAX_VM_ID_LEN + 1),
+            ".hidden".into(),
+            ".".into(),
+            "..".into(),
+            "a/b".into(),
+            "a\0b".into(),
+            "a b".into(),
+            "a,b".into(),
+            "é".into(),
+            "a\x1b[2J".into(),
+        ] {
+            rejects_identity(|i| i.vm_id = bad, "identity.vm_id");
+        }
+        // The constructor holds the same rules.
+        assert!(Identity::new(vec![0; 31], 1, "a".into()).is_err());
+        assert!(Identity::new(vec![0; 32], 0, "a".into()).is_err());
+        assert!(Identity::new(vec![0; 32], 1, "-a.b_C9".into()).is_ok());
+    }
+
+    #[test]
+    fn an_identity_never_shows_its_entropy() {
+        let i = Identity::new(vec![0xab; 64], 5, "vm".into()).unwrap();
+        let shown = format!("{:?}", HostMsg::Identity(i));
+        assert!(!shown.contains("171") && !shown.contains("ab, "), "{shown}");
+        assert!(
+            shown.contains("<64 bytes>") && shown.contains("vm"),
+            "{shown}"
+        );
+        assert_eq!(HostMsg::Identity(sample_identity()).name(), "Identity");
     }
 
     #[test]

@@ -94,8 +94,20 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         memory_bytes: Some(mu2_protocol::Limit::Amount(64 << 20)),
         pids: Some(mu2_protocol::Limit::Unlimited),
     });
+    let identity = HostMsg::Identity(
+        Identity::new(
+            (0u8..64).map(|b| b.wrapping_mul(37)).collect(),
+            1_767_225_600_000_000_000,
+            "t-run-1234-0".into(),
+        )
+        .unwrap(),
+    );
+    let identified = GuestMsg::Identified {
+        uptime_ns: 815_000_000,
+    };
     let session = [
         g(&ready),
+        g(&identified),
         g(&prepared),
         g(&GuestMsg::Started { pid: 1 }),
         g(&exit),
@@ -108,19 +120,28 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("guest_msg", "seed-exit", g(&exit)),
         ("guest_msg", "seed-start-failed", g(&failed)),
         ("guest_msg", "seed-updated", g(&updated)),
+        ("guest_msg", "seed-identified", g(&identified)),
         ("guest_msg", "seed-session", session),
         ("host_msg", "seed-run", h(&run)),
         ("host_msg", "seed-signal", h(&signal)),
         ("host_msg", "seed-update", h(&update)),
+        ("host_msg", "seed-identity", h(&identity)),
         (
             "host_msg",
             "seed-host-session",
-            [h(&run), h(&HostMsg::Start), h(&close), h(&HostMsg::ExitAck)].concat(),
+            [
+                h(&identity),
+                h(&run),
+                h(&HostMsg::Start),
+                h(&close),
+                h(&HostMsg::ExitAck),
+            ]
+            .concat(),
         ),
         (
             "host_msg",
             "seed-stdin-close",
-            [h(&run), h(&close)].concat(),
+            [h(&identity), h(&run), h(&close)].concat(),
         ),
     ]
 }

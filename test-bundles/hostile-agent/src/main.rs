@@ -3,17 +3,27 @@
 //! `/etc/mu2-hostile`, and check that the host ends the VM within its
 //! deadlines, stays bounded in memory and leaves nothing behind:
 //!
+//! Every mode but `stall-ready` sends a valid Ready; those that get as far
+//! as a request take the host's Identity first and answer Identified, as
+//! the real agent does, so that they misbehave where they are meant to.
+//!
 //! - `stall-ready`: half a Ready frame, then one byte every second, forever
 //!   (a trickle must not stretch the Ready deadline);
-//! - `silent-after-run`: a valid Ready, takes Run, never answers;
-//! - `flood`: a valid Ready, takes Run, then sends Prepared frames without
-//!   end (the host must not queue them without bound);
-//! - `oversized`: a valid Ready, then a frame header claiming 4 GiB;
-//! - `exit-out-of-turn`: a valid Ready, takes Run, answers with an Exit;
+//! - `silent-after-ready`: takes Identity, never answers it;
+//! - `refuse-identity`: takes Identity, answers StartFailed (Setup), as an
+//!   agent that cannot apply it does;
+//! - `silent-after-run`: takes Run, never answers;
+//! - `flood`: takes Run, then sends Prepared frames without end (the host
+//!   must not queue them without bound);
+//! - `oversized`: then a frame header claiming 4 GiB;
+//! - `exit-out-of-turn`: takes Run, answers with an Exit;
 //! - `forge-exit`: plays by the rules up to Started, then claims an Exit
 //!   with a gigabyte of stdout it never sends;
 //! - `no-timer`: says on the console what init says of a guest kernel
-//!   without timer interrupts, and ends (the VM powers off).
+//!   without timer interrupts, and ends (the VM powers off);
+//! - `stale-clock`: not hostile, stale: plays a VM restored from an old
+//!   template by setting the guest's wall clock to 2001, then runs the real
+//!   agent (whose Identity must set it right before the container runs).
 
 #![forbid(unsafe_code)]
 
@@ -21,7 +31,12 @@ use std::io::Write;
 use std::time::Duration;
 
 use mu2_guest_agent::ports::Ports;
-use mu2_protocol::{read_msg, write_msg, Exit, GuestMsg, HostMsg, Ready, PROTOCOL_VERSION};
+use mu2_protocol::{
+    read_msg, write_msg, Exit, GuestMsg, HostMsg, Ready, StartFailReason, PROTOCOL_VERSION,
+};
+
+/// The wall clock of `stale-clock`: 2001-09-09, in ns since the epoch.
+const STALE_REALTIME_NS: u64 = 1_000_000_000 * 1_000_000_000;
 
 fn ready() -> GuestMsg {
     GuestMsg::Ready(Ready {
@@ -55,13 +70,20 @@ fn main() {
         );
         return;
     }
+    if mode == "stale-clock" {
+        mu2_guest_agent::identity::set_clock(STALE_REALTIME_NS).expect("set the clock back");
+        eprintln!("mu2-hostile-agent: clock set to 2001; the real agent takes over");
+        std::process::exit(mu2_guest_agent::run());
+    }
     let Ports {
         control, stdout, ..
     } = Ports::open().expect("ports");
     let mut out = control.try_clone().expect("dup");
     let mut input = control;
     let mut expect = |what: &str| match read_msg::<_, HostMsg>(&mut input) {
-        Ok(Some(_)) => eprintln!("mu2-hostile-agent: got the {what} it waited for"),
+        Ok(Some(m)) if m.name() == what => {
+            eprintln!("mu2-hostile-agent: got the {what} it waited for")
+        }
         other => {
             eprintln!("mu2-hostile-agent: waiting for {what}: {other:?}");
             forever()
@@ -75,6 +97,21 @@ fn main() {
         forever();
     }
     out.write_all(&frame(&ready())).expect("ready");
+    expect("Identity");
+    match mode {
+        "silent-after-ready" => forever(),
+        "refuse-identity" => {
+            out.write_all(&frame(&GuestMsg::StartFailed {
+                reason: StartFailReason::Setup,
+                message: "cannot apply the host's identity: played by the hostile agent".into(),
+            }))
+            .expect("start failed");
+            forever()
+        }
+        _ => {}
+    }
+    out.write_all(&frame(&GuestMsg::Identified { uptime_ns: 0 }))
+        .expect("identified");
     match mode {
         "silent-after-run" => {
             expect("Run");

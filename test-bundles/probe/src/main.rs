@@ -2,7 +2,7 @@
 //!
 //! Each subcommand makes the process do or report one thing the tests check
 //! from the host side (exit by a forced fault, memory pressure, identity,
-//! limits, terminal size, a large byte-exact output, binding a port, a
+//! the wall clock in ns, limits, terminal size, a large byte-exact output, binding a port, a
 //! syscall a seccomp profile denies), the way youki's `runtimetest` reports
 //! what a container sees.
 
@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: mu2-probe segv | alloc MB | urandom N | getrandom N | ids | pid | rlimit NAME | nnp | winsize | write-stdout MIB | sleep SECS | setxattr PATH NAME HEX | bind PORT | keyctl";
+const USAGE: &str = "usage: mu2-probe segv | alloc MB | urandom N | getrandom N | ids | pid | realtime | rlimit NAME | nnp | winsize | write-stdout MIB | sleep SECS | setxattr PATH NAME HEX | bind PORT | keyctl";
 
 nix::ioctl_read_bad!(tiocgwinsz, nix::libc::TIOCGWINSZ, nix::pty::Winsize);
 
@@ -50,6 +50,14 @@ fn run(args: &[&str]) -> Result<(), String> {
             ))
         }
         ["pid"] => out(&format!("{}\n", std::process::id())),
+        ["realtime"] => {
+            let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+                .map_err(|e| format!("clock_gettime: {e}"))?;
+            out(&format!(
+                "{}\n",
+                t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128
+            ))
+        }
         ["rlimit", name] => {
             let (soft, hard) = nix::sys::resource::getrlimit(resource(name)?)
                 .map_err(|e| format!("getrlimit {name}: {e}"))?;
