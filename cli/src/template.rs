@@ -38,7 +38,7 @@ pub enum TemplateCmdError {
 fn store() -> Result<Store, TemplateCmdError> {
     match TemplateMode::load()? {
         TemplateMode::Off => Err(TemplateCmdError::Off),
-        TemplateMode::Use { dir, .. } => Ok(Store::open(&dir)?),
+        TemplateMode::Use { dir, max_bytes, .. } => Ok(Store::open(&dir)?.with_budget(max_bytes)),
     }
 }
 

@@ -60,8 +60,18 @@ pub enum TemplateMode {
     Off,
     /// Resume from the template in `dir`; build it first when missing and
     /// `build` is set (lazily, on the request that finds it missing).
-    Use { dir: PathBuf, build: bool },
+    Use {
+        dir: PathBuf,
+        build: bool,
+        /// Most bytes of saved state the directory holds: the oldest
+        /// templates are removed to make room for a new one.
+        max_bytes: u64,
+    },
 }
+
+/// The default budget of saved state (each template of a 256 MiB guest
+/// is about 70 MB, on tmpfs: memory).
+pub const DEFAULT_MAX_MIB: u64 = 1024;
 
 #[derive(Debug, Deserialize, Default)]
 struct File_ {
@@ -75,6 +85,7 @@ struct Section {
     enabled: Option<bool>,
     dir: Option<PathBuf>,
     build: Option<bool>,
+    max_mib: Option<u64>,
 }
 
 impl TemplateMode {
@@ -93,6 +104,7 @@ impl TemplateMode {
             Ok("on") if mode == TemplateMode::Off => TemplateMode::Use {
                 dir: DEFAULT_TEMPLATE_DIR.into(),
                 build: true,
+                max_bytes: DEFAULT_MAX_MIB << 20,
             },
             _ => mode,
         })
@@ -115,9 +127,17 @@ impl TemplateMode {
                 dir.display()
             )));
         }
+        let max_mib = t.max_mib.unwrap_or(DEFAULT_MAX_MIB);
+        if max_mib == 0 || max_mib > 1 << 30 {
+            return Err(malformed(format!(
+                "templates.max_mib: {max_mib} is not in 1..={}",
+                1u64 << 30
+            )));
+        }
         Ok(TemplateMode::Use {
             dir,
             build: t.build.unwrap_or(true),
+            max_bytes: max_mib << 20,
         })
     }
 }
@@ -255,6 +275,7 @@ impl Meta {
 /// The templates of one directory.
 pub struct Store {
     dir: PathBuf,
+    max_bytes: u64,
 }
 
 /// A verified template, its state file open.
@@ -273,6 +294,7 @@ impl Store {
         })?;
         let store = Store {
             dir: dir.to_path_buf(),
+            max_bytes: DEFAULT_MAX_MIB << 20,
         };
         store.sweep();
         Ok(store)
@@ -297,6 +319,40 @@ impl Store {
             if dead {
                 log::info!("templates: removing {name}, left by a process that died");
                 let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    /// The budget of saved state ([`TemplateMode::Use`]'s `max_bytes`).
+    pub fn with_budget(mut self, max_bytes: u64) -> Store {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Removes the oldest templates until `room` more bytes fit the budget.
+    fn make_room(&self, room: u64) {
+        let mut all: Vec<(u64, String, u64)> = self
+            .list()
+            .into_iter()
+            .map(|(key, m)| match m {
+                Ok(m) => (m.created_unix, key, m.state_bytes),
+                // Unusable: first to go.
+                Err(_) => (0, key, 0),
+            })
+            .collect();
+        all.sort();
+        let mut total: u64 = all.iter().map(|t| t.2).sum();
+        for (_, key, bytes) in all {
+            if total.saturating_add(room) <= self.max_bytes {
+                break;
+            }
+            if let Ok(k) = Key::from_hex(&key) {
+                log::info!(
+                    "templates: removing {key} ({bytes} bytes) to stay within {} MiB",
+                    self.max_bytes >> 20
+                );
+                self.discard(&k);
+                total -= bytes;
             }
         }
     }
@@ -512,6 +568,7 @@ impl Store {
         let dest = self.path(key);
         // Whatever is there is stale or corrupt (find said so).
         self.discard(key);
+        self.make_room(state_bytes);
         fs::rename(work, &dest).map_err(io_err(format!(
             "cannot rename {} to {}",
             work.display(),
@@ -605,19 +662,29 @@ pub fn restore(spec: &VmSpec, t: &Template) -> Result<Vm, VmError> {
 }
 
 /// [`crate::Vm::launch`]'s template path: a clone of the spec's template,
-/// built first if missing and allowed; `None` (after a log line) whenever
-/// the caller should boot cold instead.
-pub(crate) fn restore_or_build(spec: &VmSpec, dir: &Path, build: bool) -> Option<Vm> {
+/// built first if missing and allowed; `Ok(None)` (after a log line)
+/// whenever the caller should boot cold instead. Errors are what a cold
+/// boot would meet as well: the host could not set a VM up, or the
+/// template's VM — a cold boot of this very guest — broke its boot
+/// contract (a second boot would only meet the same guest and double the
+/// wait).
+pub(crate) fn restore_or_build(
+    spec: &VmSpec,
+    dir: &Path,
+    build: bool,
+    max_bytes: u64,
+) -> Result<Option<Vm>, VmError> {
     let id = &spec.id;
     let t0 = Instant::now();
-    let (key, store) = match Key::of(spec).and_then(|key| Ok((key, Store::open(dir)?))) {
+    let opened = Key::of(spec).and_then(|key| Ok((key, Store::open(dir)?.with_budget(max_bytes))));
+    let (key, store) = match opened {
         Ok(x) => x,
         Err(e) => {
             log::warn!(
                 "vm {id}: no template ({}); booting",
                 crate::describe_error(&e)
             );
-            return None;
+            return Ok(None);
         }
     };
     let found = match store.find(&key) {
@@ -635,7 +702,7 @@ pub(crate) fn restore_or_build(spec: &VmSpec, dir: &Path, build: bool) -> Option
         Some(t) => t,
         None if !build => {
             log::info!("vm {id}: no template {}; booting", key.as_str());
-            return None;
+            return Ok(None);
         }
         None => match store.build(spec, &key) {
             Ok(Some(t)) => t,
@@ -644,7 +711,14 @@ pub(crate) fn restore_or_build(spec: &VmSpec, dir: &Path, build: bool) -> Option
                     "vm {id}: template {} is being built by another process; booting",
                     key.as_str()
                 );
-                return None;
+                return Ok(None);
+            }
+            // The template's VM is a cold boot of this very guest on this
+            // host: what failed it (the host's jail, cgroups or records;
+            // a guest that breaks its boot contract) would fail a cold
+            // boot too. Only a QEMU that exits may be the template's doing.
+            Err(TemplateError::Vm(e)) if !matches!(e, VmError::ExitedEarly { .. }) => {
+                return Err(e)
             }
             Err(e) => {
                 log::warn!(
@@ -652,7 +726,7 @@ pub(crate) fn restore_or_build(spec: &VmSpec, dir: &Path, build: bool) -> Option
                     key.as_str(),
                     crate::describe_error(&e)
                 );
-                return None;
+                return Ok(None);
             }
         },
     };
@@ -664,8 +738,12 @@ pub(crate) fn restore_or_build(spec: &VmSpec, dir: &Path, build: bool) -> Option
                 key.as_str(),
                 vm.boot_time()
             );
-            Some(vm)
+            Ok(Some(vm))
         }
+        // The host could not set the clone up (jail, cgroup, record,
+        // spawn): a cold boot needs the same, and the template is not at
+        // fault.
+        Err(e) if host_side(&e) => Err(e),
         Err(e) => {
             log::warn!(
                 "vm {id}: restoring template {} failed ({}); template removed, booting",
@@ -673,9 +751,23 @@ pub(crate) fn restore_or_build(spec: &VmSpec, dir: &Path, build: bool) -> Option
                 crate::describe_error(&e)
             );
             store.discard(&key);
-            None
+            Ok(None)
         }
     }
+}
+
+/// Failed before QEMU ran: the host's part of a VM.
+fn host_side(e: &VmError) -> bool {
+    matches!(
+        e,
+        VmError::Spec(_)
+            | VmError::Cgroup { .. }
+            | VmError::Record { .. }
+            | VmError::Channel { .. }
+            | VmError::Jail { .. }
+            | VmError::Spawn { .. }
+            | VmError::Pidfd { .. }
+    )
 }
 
 #[cfg(test)]
@@ -689,7 +781,8 @@ mod tests {
             TemplateMode::parse(p, "").unwrap(),
             TemplateMode::Use {
                 dir: DEFAULT_TEMPLATE_DIR.into(),
-                build: true
+                build: true,
+                max_bytes: DEFAULT_MAX_MIB << 20,
             }
         );
         assert_eq!(
@@ -697,16 +790,22 @@ mod tests {
             TemplateMode::Off
         );
         assert_eq!(
-            TemplateMode::parse(p, "[templates]\ndir = \"/srv/t\"\nbuild = false\n").unwrap(),
+            TemplateMode::parse(
+                p,
+                "[templates]\ndir = \"/srv/t\"\nbuild = false\nmax_mib = 100\n"
+            )
+            .unwrap(),
             TemplateMode::Use {
                 dir: "/srv/t".into(),
-                build: false
+                build: false,
+                max_bytes: 100 << 20,
             }
         );
         for bad in [
             "[templates]\ndir = \"rel\"\n",
             "[templates]\nenabld = true\n",
             "[templates]\nenabled = 1\n",
+            "[templates]\nmax_mib = 0\n",
         ] {
             assert!(TemplateMode::parse(p, bad).is_err(), "{bad}");
         }
@@ -806,5 +905,47 @@ mod tests {
         Store::open(d.path()).unwrap();
         assert!(!dead.exists());
         assert!(live.exists());
+    }
+
+    fn fake(store: &Store, c: &str, bytes: usize, created_unix: u64) -> Key {
+        let key = Key(c.repeat(64));
+        let dir = store.dir().join(key.as_str());
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("state"), vec![7u8; bytes]).unwrap();
+        let mut f = File::open(dir.join("state")).unwrap();
+        let meta = Meta {
+            format: FORMAT,
+            key: key.as_str().into(),
+            state_bytes: bytes as u64,
+            state_xxh3: xxh3_of(&mut f).unwrap(),
+            protocol_version: 3,
+            agent_version: "a".into(),
+            kernel_release: "k".into(),
+            uptime_ns: 1,
+            boot_ms: 1,
+            save_ms: 1,
+            created_unix,
+            memory_mib: 256,
+            vcpus: 1,
+            shares: vec!["rootfs".into()],
+        };
+        fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+        key
+    }
+
+    #[test]
+    fn the_oldest_templates_make_room_within_the_budget() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap().with_budget(3000);
+        let old = fake(&store, "a", 1000, 10);
+        let mid = fake(&store, "b", 1000, 20);
+        let new = fake(&store, "c", 1000, 30);
+        store.make_room(0);
+        assert_eq!(store.list().len(), 3, "within the budget: nothing goes");
+        store.make_room(1500);
+        let left: Vec<String> = store.list().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(left, vec![new.as_str().to_string()], "{left:?}");
+        assert!(store.find(&old).unwrap().is_none());
+        assert!(store.find(&mid).unwrap().is_none());
     }
 }

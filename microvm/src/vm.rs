@@ -292,8 +292,13 @@ impl Vm {
     /// is booted again, up to [`BOOT_ATTEMPTS`] times.
     pub fn launch(spec: &VmSpec) -> Result<Vm, VmError> {
         spec.validate()?;
-        if let crate::template::TemplateMode::Use { dir, build } = &spec.templates {
-            if let Some(vm) = crate::template::restore_or_build(spec, dir, *build) {
+        if let crate::template::TemplateMode::Use {
+            dir,
+            build,
+            max_bytes,
+        } = &spec.templates
+        {
+            if let Some(vm) = crate::template::restore_or_build(spec, dir, *build, *max_bytes)? {
                 return Ok(vm);
             }
         }

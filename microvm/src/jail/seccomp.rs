@@ -534,6 +534,7 @@ mod tests {
         SYS_read,
         SYS_readlink,
         SYS_readlinkat,
+        SYS_readv,
         SYS_recvmsg,
         SYS_renameat,
         SYS_restart_syscall,
@@ -562,6 +563,7 @@ mod tests {
         SYS_utimensat,
         SYS_vfork,
         SYS_write,
+        SYS_writev,
     ];
 
     fn nr(name: &str) -> libc::c_long {
