@@ -43,8 +43,59 @@ pub fn check(guest_dir: Option<&Path>) -> bool {
         Some(khz) => println!("host tsc: {khz} kHz"),
         None => println!("host tsc: unknown (TCG guests calibrate it themselves)"),
     }
+    ok &= check_templates();
     ok &= check_jail();
     ok
+}
+
+/// The templates' line: off, or the directory, how many verify and how
+/// much state they hold against the budget. A broken config fails.
+fn check_templates() -> bool {
+    use mu2_microvm::template::{Store, TemplateMode};
+    match TemplateMode::load() {
+        Err(e) => {
+            println!("templates: {}", mu2_microvm::describe_error(&e));
+            false
+        }
+        Ok(TemplateMode::Off) => {
+            println!("templates: off (every VM boots cold)");
+            true
+        }
+        Ok(TemplateMode::Use {
+            dir,
+            build,
+            max_bytes,
+        }) => {
+            let store = match Store::open(&dir) {
+                Ok(s) => s,
+                Err(e) => {
+                    println!(
+                        "templates: {}: {}; VMs boot cold",
+                        dir.display(),
+                        mu2_microvm::describe_error(&e)
+                    );
+                    return true;
+                }
+            };
+            let all = store.list();
+            let good: Vec<_> = all.iter().filter_map(|(_, m)| m.as_ref().ok()).collect();
+            let bytes: u64 = good.iter().map(|m| m.state_bytes).sum();
+            println!(
+                "templates: on in {} ({} usable, {} unusable; {} of {} MiB; {})",
+                dir.display(),
+                good.len(),
+                all.len() - good.len(),
+                bytes >> 20,
+                max_bytes >> 20,
+                if build {
+                    "built on first use"
+                } else {
+                    "never built on a request: mu2 template build"
+                }
+            );
+            true
+        }
+    }
 }
 
 /// The jail's lines; false when the jail would refuse every launch.
