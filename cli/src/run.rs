@@ -37,7 +37,7 @@ use mu2_microvm::record::{Owner, OwnerKind};
 use mu2_microvm::relay::{Drain, DrainWatch, OutputRelay};
 use mu2_microvm::vm::{describe_msg, ControlSender, CONSOLE_TAIL_LINES};
 use mu2_microvm::{
-    guest::GuestImageError, AccelChoice, AgentEvent, Deadlines, GuestImage, KillHandle, Vm, VmError,
+    guest::GuestImageError, AccelChoice, AgentEvent, GuestImage, KillHandle, Vm, VmError,
 };
 use mu2_oci::{self as oci, BundleError};
 use mu2_protocol::{Exit, GuestMsg, HostMsg, StartFailReason};
@@ -159,19 +159,18 @@ pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
     let mut plan = oci::load(&opts.bundle)?;
     let image = GuestImage::locate(opts.guest_dir.as_deref())?;
     let id = opts.id.clone().unwrap_or_else(default_id);
-    let jail = mu2_microvm::jail::JailMode::load()?;
-    let deadlines = Deadlines::load()?;
+    let config = mu2_microvm::config::HostConfig::load()?;
     let mut spec = plan.vm_spec(
         id.clone(),
         &image,
         opts.qemu.clone(),
         opts.accel.resolve(),
-        jail,
-        deadlines,
+        config.jail,
+        config.deadlines,
         Owner::this_process(OwnerKind::Run),
     );
     spec.debug = opts.debug;
-    spec.templates = mu2_microvm::template::TemplateMode::load()?;
+    spec.templates = config.templates;
     let terminal = plan.run.process.terminal;
     if terminal && plan.run.process.console_size.is_none() {
         plan.run.process.console_size = tty::window_size();

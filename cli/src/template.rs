@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use mu2_microvm::jail::config::ConfigError;
 use mu2_microvm::record::{Owner, OwnerKind};
 use mu2_microvm::template::{Key, Store, TemplateError, TemplateMode};
-use mu2_microvm::{AccelChoice, Deadlines, GuestImage};
+use mu2_microvm::{AccelChoice, GuestImage};
 use mu2_oci::BundleError;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,11 @@ pub enum TemplateCmdError {
 }
 
 fn store() -> Result<Store, TemplateCmdError> {
-    match TemplateMode::load()? {
+    store_of(TemplateMode::load()?)
+}
+
+fn store_of(mode: TemplateMode) -> Result<Store, TemplateCmdError> {
+    match mode {
         TemplateMode::Off => Err(TemplateCmdError::Off),
         TemplateMode::Use { dir, max_bytes, .. } => Ok(Store::open(&dir)?.with_budget(max_bytes)),
     }
@@ -50,7 +54,8 @@ pub fn build(
     qemu: PathBuf,
     out: &mut impl Write,
 ) -> Result<(), TemplateCmdError> {
-    let store = store()?;
+    let config = mu2_microvm::config::HostConfig::load()?;
+    let store = store_of(config.templates)?;
     let plan = mu2_oci::load(bundle)?;
     let image = GuestImage::locate(guest_dir)?;
     let spec = plan.vm_spec(
@@ -58,8 +63,8 @@ pub fn build(
         &image,
         qemu,
         accel.resolve(),
-        mu2_microvm::jail::JailMode::load()?,
-        Deadlines::load()?,
+        config.jail,
+        config.deadlines,
         Owner::this_process(OwnerKind::Run),
     );
     spec.validate().map_err(|e| TemplateError::Vm(e.into()))?;

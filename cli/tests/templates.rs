@@ -221,3 +221,53 @@ fn a_damaged_template_is_skipped_with_a_log_line_and_rebuilt() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The first requests of a shape arrive together on a busy host: one of
+/// them builds the template (under its lock), the others boot cold or
+/// restore, every one answers, one template results, nothing is left.
+#[test]
+fn concurrent_first_requests_build_one_template_under_load() {
+    let Some(base) = setup() else { return };
+    let t = Templates::new();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                }
+                x
+            })
+        })
+        .collect();
+    let outs: Vec<(usize, Output)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|n| {
+                let (t, base) = (&t, &base);
+                s.spawn(move || {
+                    let b = TestBundle::new(base, &["sh", "-c", &format!("echo {n}")]);
+                    (n, t.run(&b))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hogs {
+        let _ = h.join();
+    }
+    let mut builds = 0;
+    for (n, out) in &outs {
+        assert_eq!(ok(out), format!("{n}\n"));
+        let err = out.stderr_str();
+        builds += err.matches(": built (").count();
+        assert!(
+            err.contains(RESTORED) || err.contains("being built by another process; booting"),
+            "neither restored nor told to boot cold: {err}"
+        );
+    }
+    assert_eq!(builds, 1, "one build for four first requests");
+    t.only();
+}

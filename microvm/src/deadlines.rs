@@ -74,11 +74,7 @@ impl Deadlines {
     /// for where it is); defaults for what it does not set.
     pub fn load() -> Result<Deadlines, ConfigError> {
         let path = crate::jail::config::config_path();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Self::parse(&path, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Deadlines::default()),
-            Err(source) => Err(ConfigError::Read { path, source }),
-        }
+        Self::parse(&path, &crate::config::read(&path)?)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Deadlines, ConfigError> {

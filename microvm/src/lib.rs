@@ -22,6 +22,7 @@
 
 pub mod accel;
 pub mod cgroup;
+pub mod config;
 pub mod console;
 pub mod deadlines;
 pub mod guest;

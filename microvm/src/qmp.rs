@@ -5,7 +5,7 @@
 //! QEMU is as untrusted as the guest it runs: every read has a deadline,
 //! a reply line is bounded, and what QEMU says reaches logs sanitised.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read as _, Write};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -167,8 +167,6 @@ fn send_with_fd(sock: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Resu
 fn describe(v: &Value) -> String {
     mu2_protocol::text::sanitize(v.to_string(), 200)
 }
-
-use std::io::Read as _;
 
 #[cfg(test)]
 mod tests {

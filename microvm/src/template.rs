@@ -93,21 +93,20 @@ impl TemplateMode {
     /// then [`TEMPLATES_ENV`].
     pub fn load() -> Result<TemplateMode, ConfigError> {
         let path = crate::jail::config::config_path();
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-            Err(source) => return Err(ConfigError::Read { path, source }),
-        };
-        let mode = Self::parse(&path, &text)?;
-        Ok(match std::env::var(TEMPLATES_ENV).as_deref() {
+        Ok(Self::parse(&path, &crate::config::read(&path)?)?.with_env())
+    }
+
+    /// This mode as [`TEMPLATES_ENV`] overrides it.
+    pub fn with_env(self) -> TemplateMode {
+        match std::env::var(TEMPLATES_ENV).as_deref() {
             Ok("off") => TemplateMode::Off,
-            Ok("on") if mode == TemplateMode::Off => TemplateMode::Use {
+            Ok("on") if self == TemplateMode::Off => TemplateMode::Use {
                 dir: DEFAULT_TEMPLATE_DIR.into(),
                 build: true,
                 max_bytes: DEFAULT_MAX_MIB << 20,
             },
-            _ => mode,
-        })
+            _ => self,
+        }
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<TemplateMode, ConfigError> {
@@ -331,13 +330,14 @@ impl Store {
 
     /// Removes the oldest templates until `room` more bytes fit the budget.
     fn make_room(&self, room: u64) {
+        // Sizes and ages only: nothing here needs a checksum.
         let mut all: Vec<(u64, String, u64)> = self
-            .list()
+            .keys()
             .into_iter()
-            .map(|(key, m)| match m {
-                Ok(m) => (m.created_unix, key, m.state_bytes),
+            .map(|key| match self.meta(&key) {
+                Ok(m) => (m.created_unix, key.0, m.state_bytes),
                 // Unusable: first to go.
-                Err(_) => (0, key, 0),
+                Err(_) => (0, key.0, 0),
             })
             .collect();
         all.sort();
@@ -365,28 +365,54 @@ impl Store {
         self.dir.join(key.as_str())
     }
 
-    /// The template of `key`, verified: `Ok(None)` when there is none.
-    pub fn find(&self, key: &Key) -> Result<Option<Template>, TemplateError> {
-        let dir = self.path(key);
-        let meta_text = match fs::read(dir.join("meta.json")) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(TemplateError::Io {
-                    what: format!("cannot read {}/meta.json", dir.display()),
-                    source,
-                })
-            }
+    /// The keys of the templates here (whatever state they are in).
+    fn keys(&self) -> Vec<Key> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
         };
+        let mut keys: Vec<Key> = entries
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| Key::from_hex(&e.file_name().to_string_lossy()).ok())
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        keys
+    }
+
+    /// The `meta.json` of `key`, of this format and key (a missing one is
+    /// an I/O error of kind NotFound).
+    fn meta(&self, key: &Key) -> Result<Meta, TemplateError> {
+        let dir = self.path(key);
+        let text = fs::read(dir.join("meta.json")).map_err(|source| TemplateError::Io {
+            what: format!("cannot read {}/meta.json", dir.display()),
+            source,
+        })?;
         let corrupt = |why: String| TemplateError::Corrupt {
             key: key.as_str().to_string(),
             why,
         };
         let meta: Meta =
-            serde_json::from_slice(&meta_text).map_err(|e| corrupt(format!("meta.json: {e}")))?;
+            serde_json::from_slice(&text).map_err(|e| corrupt(format!("meta.json: {e}")))?;
         if meta.format != FORMAT || meta.key != key.as_str() {
             return Err(corrupt("meta.json is of another format or key".into()));
         }
+        Ok(meta)
+    }
+
+    /// The template of `key`, verified: `Ok(None)` when there is none.
+    pub fn find(&self, key: &Key) -> Result<Option<Template>, TemplateError> {
+        let dir = self.path(key);
+        let meta = match self.meta(key) {
+            Ok(m) => m,
+            Err(TemplateError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let corrupt = |why: String| TemplateError::Corrupt {
+            key: key.as_str().to_string(),
+            why,
+        };
         let mut state = File::open(dir.join("state"))
             .map_err(|e| corrupt(format!("cannot open its state: {e}")))?;
         let len = state
@@ -425,30 +451,20 @@ impl Store {
 
     /// Every template here: its key and meta, or why it is unusable.
     pub fn list(&self) -> Vec<(String, Result<Meta, TemplateError>)> {
-        let mut out = Vec::new();
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return out;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || name.ends_with(".lock") || !e.path().is_dir() {
-                continue;
-            }
-            let Ok(key) = Key::from_hex(&name) else {
-                continue;
-            };
-            let r = match self.find(&key) {
-                Ok(Some(t)) => Ok(t.meta),
-                Ok(None) => Err(TemplateError::Corrupt {
-                    key: name.clone(),
-                    why: "no meta.json".into(),
-                }),
-                Err(e) => Err(e),
-            };
-            out.push((name, r));
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        self.keys()
+            .into_iter()
+            .map(|key| {
+                let r = match self.find(&key) {
+                    Ok(Some(t)) => Ok(t.meta),
+                    Ok(None) => Err(TemplateError::Corrupt {
+                        key: key.0.clone(),
+                        why: "no meta.json".into(),
+                    }),
+                    Err(e) => Err(e),
+                };
+                (key.0, r)
+            })
+            .collect()
     }
 
     /// The build lock of `key`, if no other process holds it.
@@ -581,9 +597,13 @@ impl Store {
             spec.vcpus,
             meta.shares
         );
-        self.find(key)?.ok_or_else(|| TemplateError::Corrupt {
-            key: key.as_str().into(),
-            why: "gone right after its build".into(),
+        // Checked as it was written: open it, do not hash it again.
+        let state = File::open(dest.join("state"))
+            .map_err(io_err(format!("cannot open {}/state", dest.display())))?;
+        Ok(Template {
+            key: key.clone(),
+            meta,
+            state,
         })
     }
 }
@@ -606,8 +626,10 @@ fn save(vm: &mut Vm, spec: &VmSpec, state: &File) -> Result<(), TemplateError> {
         .map_err(qmp_err)?;
     let deadline = Instant::now() + timeout;
     loop {
+        // Every poll within the one deadline of the save.
+        let left = deadline.saturating_duration_since(Instant::now()).max(POLL);
         let r = q
-            .execute("query-migrate", serde_json::json!({}), timeout)
+            .execute("query-migrate", serde_json::json!({}), left)
             .map_err(qmp_err)?;
         let status = r.get("status").and_then(|s| s.as_str()).unwrap_or("");
         match status {

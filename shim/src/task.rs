@@ -174,20 +174,18 @@ fn vm_spec(
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_QEMU));
-    let jail = mu2_microvm::jail::JailMode::load()?;
-    let deadlines = mu2_microvm::Deadlines::load()?;
+    let config = mu2_microvm::config::HostConfig::load()?;
     let owner = mu2_microvm::record::Owner::shim(namespace, id, exec_id);
-    let templates = mu2_microvm::template::TemplateMode::load()?;
     let mut spec = plan.vm_spec(
         vm_id(namespace, id, exec_id),
         image,
         qemu,
         accel.resolve(),
-        jail,
-        deadlines,
+        config.jail,
+        config.deadlines,
         owner,
     );
-    spec.templates = templates;
+    spec.templates = config.templates;
     Ok(spec)
 }
 

@@ -330,10 +330,7 @@ fn sigkill_of_qemu_publishes_the_exit() {
         return;
     };
     let id = ctd.id("qkill");
-    let runner = ctd
-        .cmd(&["run", "--rm", "--runtime", MU2, IMAGE, &id, "sleep", "600"])
-        .spawn()
-        .unwrap();
+    let runner = ctd.run_rm(&id, &["sleep", "600"]).spawn().unwrap();
     wait_status(&ctd, &id, "RUNNING", Duration::from_secs(60));
     let pid = task_pid(&ctd, &id);
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -499,17 +496,14 @@ fn parallel_runs_all_succeed() {
     let runners: Vec<_> = (0..N)
         .map(|i| {
             let id = ctd.id(&format!("par{i}"));
-            ctd.cmd(&[
-                "run",
-                "--rm",
-                "--runtime",
-                MU2,
-                IMAGE,
+            ctd.run_rm(
                 &id,
-                "sh",
-                "-c",
-                &format!("echo run {i}; head -c 16 /dev/urandom | od -An -tx1"),
-            ])
+                &[
+                    "sh",
+                    "-c",
+                    &format!("echo run {i}; head -c 16 /dev/urandom | od -An -tx1"),
+                ],
+            )
             .spawn()
             .unwrap()
         })
@@ -1183,17 +1177,7 @@ fn output_queued_when_the_task_exits_reaches_a_late_reader() {
     };
     let id = ctd.id("late");
     let mut run = ctd
-        .cmd(&[
-            "run",
-            "--rm",
-            "--runtime",
-            MU2,
-            IMAGE,
-            &id,
-            "sh",
-            "-c",
-            "head -c 4194304 /dev/zero",
-        ])
+        .run_rm(&id, &["sh", "-c", "head -c 4194304 /dev/zero"])
         .spawn()
         .unwrap();
     let mut out = run.stdout.take().unwrap();

@@ -24,7 +24,7 @@
 //! container, no shim, no QEMU, no mount under the temp dir.
 
 mod common;
-use common::{procs, tail};
+use common::{procs, tail, test_rootfs};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -54,20 +54,6 @@ const DEADLINE: Duration = Duration::from_secs(180);
 /// One pod at a time: at most two VMs, and the process checks of one test
 /// never see the other's.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn test_rootfs() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bundles = std::env::var_os("MU2_TEST_BUNDLES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("build/bundles"));
-    let rootfs = bundles.join("busybox/rootfs");
-    assert!(
-        rootfs.is_dir(),
-        "no test rootfs at {} (run scripts/build-test-bundles)",
-        rootfs.display()
-    );
-    rootfs
-}
 
 fn sha256_hex(b: &[u8]) -> String {
     Sha256::digest(b)

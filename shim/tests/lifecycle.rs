@@ -301,10 +301,7 @@ fn a_kill_right_after_the_task_appears_ends_the_run() {
         return;
     };
     let id = ctd.id("killearly");
-    let run = ctd
-        .cmd(&["run", "--rm", "--runtime", MU2, IMAGE, &id, "sleep", "600"])
-        .spawn()
-        .unwrap();
+    let run = ctd.run_rm(&id, &["sleep", "600"]).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let o = ctd.ctr(&["tasks", "ls", "-q"]);
@@ -694,19 +691,9 @@ fn rounds_of_parallel_runs_under_a_cpu_hog_all_finish() {
         let runs: Vec<_> = (0..8)
             .map(|n| {
                 let id = ctd.id(&format!("stress{r}-{n}"));
-                ctd.cmd(&[
-                    "run",
-                    "--rm",
-                    "--runtime",
-                    MU2,
-                    IMAGE,
-                    &id,
-                    "sh",
-                    "-c",
-                    &format!("echo {n}"),
-                ])
-                .spawn()
-                .unwrap()
+                ctd.run_rm(&id, &["sh", "-c", &format!("echo {n}")])
+                    .spawn()
+                    .unwrap()
             })
             .collect();
         for (n, run) in runs.into_iter().enumerate() {

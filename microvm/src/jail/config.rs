@@ -196,17 +196,7 @@ impl JailMode {
     }
 
     pub fn load_from(path: &Path) -> Result<JailMode, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        Self::parse(path, &text)
+        Self::parse(path, &crate::config::read(path)?)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<JailMode, ConfigError> {

@@ -24,15 +24,7 @@ pub fn image_tar() -> &'static Path {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let bundles = std::env::var_os("MU2_TEST_BUNDLES")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("build/bundles"));
-        let rootfs = bundles.join("busybox/rootfs");
-        assert!(
-            rootfs.is_dir(),
-            "no test rootfs at {} (run scripts/build-test-bundles)",
-            rootfs.display()
-        );
+        let rootfs = super::test_rootfs();
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mu2-busybox-image.tar");
         let st = Command::new(root.join("scripts/build-test-image"))
             .arg(&rootfs)
@@ -204,6 +196,14 @@ impl Containerd {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         c
+    }
+
+    /// `ctr run --rm --runtime io.containerd.mu2.v1 IMAGE ID CMD…`, not
+    /// yet spawned.
+    pub fn run_rm(&self, id: &str, cmd: &[&str]) -> Command {
+        let mut args = vec!["run", "--rm", "--runtime", MU2, IMAGE, id];
+        args.extend_from_slice(cmd);
+        self.cmd(&args)
     }
 
     pub fn ctr(&self, args: &[&str]) -> Out {

@@ -48,6 +48,22 @@ pub fn tail(s: &str, n: usize) -> String {
 
 /// Starts containerd with `config` (written to `dir/config.toml`), logging
 /// to `dir/containerd.log`, with this build's shim first in its PATH.
+/// The busybox test rootfs (`scripts/build-test-bundles`, found through
+/// `MU2_TEST_BUNDLES`).
+pub fn test_rootfs() -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bundles = std::env::var_os("MU2_TEST_BUNDLES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("build/bundles"));
+    let rootfs = bundles.join("busybox/rootfs");
+    assert!(
+        rootfs.is_dir(),
+        "no test rootfs at {} (run scripts/build-test-bundles)",
+        rootfs.display()
+    );
+    rootfs
+}
+
 pub fn spawn_containerd(dir: &Path, config: &str) -> Child {
     std::fs::write(dir.join("config.toml"), config).unwrap();
     let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-mu2-v1"))
