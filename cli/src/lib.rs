@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod check;
+pub mod pool;
 pub mod run;
 pub mod template;
 mod tty;

@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         action: TemplateAction,
     },
+    /// Serve warm VMs (`serve`) or show the pool (`status`) (docs/pool.md).
+    Pool {
+        #[command(subcommand)]
+        action: PoolAction,
+    },
     /// Collect what owners that died left: kill their VMMs, remove their
     /// cgroups, jails, uid claims and records; one line per VM.
     Gc {
@@ -86,6 +91,25 @@ enum TemplateAction {
     List,
     /// Remove every template.
     Rm,
+}
+
+#[derive(Subcommand)]
+enum PoolAction {
+    /// Keep warm VMs of the configured shapes and lease them until SIGTERM.
+    Serve {
+        #[arg(long)]
+        guest_dir: Option<PathBuf>,
+        #[arg(long, env = "MU2_ACCEL", default_value = "auto")]
+        accel: AccelChoice,
+        #[arg(long, env = "MU2_QEMU", default_value = mu2_microvm::spec::DEFAULT_QEMU)]
+        qemu: PathBuf,
+    },
+    /// Warm VMs per shape, memory, hits, misses and refills.
+    Status {
+        /// As Prometheus text.
+        #[arg(long)]
+        prometheus: bool,
+    },
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -130,6 +154,7 @@ fn main() -> ExitCode {
         }
         Command::Ps => vms_command(mu2_cli::vms::ps),
         Command::Template { action } => template_command(action),
+        Command::Pool { action } => pool_command(action),
         Command::Gc { dry_run } => vms_command(|out| mu2_cli::vms::gc(dry_run, out)),
         Command::Check { guest_dir } => {
             if mu2_cli::check::check(guest_dir.as_deref()) {
@@ -146,6 +171,28 @@ fn vms_command(
 ) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("MU2_LOG", "warn")).init();
     match f(&mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mu2: {}", mu2_microvm::describe_error(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pool_command(action: PoolAction) -> ExitCode {
+    use mu2_cli::pool;
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("MU2_LOG", "info")).init();
+    let r = match action {
+        PoolAction::Serve {
+            guest_dir,
+            accel,
+            qemu,
+        } => pool::serve(guest_dir.as_deref(), accel, qemu),
+        PoolAction::Status { prometheus } => {
+            pool::status(prometheus, &mut std::io::stdout().lock())
+        }
+    };
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mu2: {}", mu2_microvm::describe_error(&e));

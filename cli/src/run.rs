@@ -171,6 +171,7 @@ pub fn run(opts: &RunOptions) -> Result<u8, RunError> {
     );
     spec.debug = opts.debug;
     spec.templates = config.templates;
+    spec.pool = config.pool;
     let terminal = plan.run.process.terminal;
     if terminal && plan.run.process.console_size.is_none() {
         plan.run.process.console_size = tty::window_size();

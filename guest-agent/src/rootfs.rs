@@ -272,19 +272,34 @@ fn normalize(dest: &str) -> String {
 /// creates them in the image itself); [`prepare`] remounts it read-only once
 /// everything is mounted.
 fn mount_root(base: &Path, root: &Path, spec: &Root) -> Result<(), RootfsError> {
-    let lower = base.join("lower");
-    mkdir(&lower)?;
+    let share = base.join("lower");
+    mkdir(&share)?;
     mkdir(root)?;
     // The image never changes under a running VM, so the guest may cache it.
     let data = format!("trans=virtio,version=9p2000.L,msize={MSIZE},cache=loose,access=client");
     mount_raw(
         &spec.share_tag,
-        &lower,
+        &share,
         "9p",
         MsFlags::MS_RDONLY,
         Some(&data),
         &format!("9p share {}", spec.share_tag),
     )?;
+    // A pooled VM's image sits in a directory of its share (the protocol
+    // checked the name is one plain component).
+    let lower = match &spec.share_subdir {
+        Some(sub) => {
+            let l = share.join(sub);
+            if !l.is_dir() {
+                return Err(RootfsError::Mkdir {
+                    path: l,
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
+            l
+        }
+        None => share,
+    };
     let rw = base.join("rw");
     mkdir(&rw)?;
     mount_raw(

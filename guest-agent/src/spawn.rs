@@ -515,6 +515,7 @@ mod tests {
             root: mu2_protocol::Root {
                 share_tag: "rootfs".into(),
                 readonly: false,
+                share_subdir: None,
             },
             process: mu2_protocol::Process {
                 args: vec![arg0.into()],

@@ -46,6 +46,8 @@ pub enum CgroupError {
     },
     #[error("cgroup {0} already exists")]
     Exists(PathBuf),
+    #[error("{dirs:?} are not the cgroups of vm {id}")]
+    Adopt { id: String, dirs: Vec<PathBuf> },
     #[error("cannot write {value:?} to {path}")]
     Write {
         path: PathBuf,
@@ -219,6 +221,34 @@ impl VmCgroup {
         // On error, `cg` drops and removes the directories made so far.
         cg.make(id, limits)?;
         Ok(cg)
+    }
+
+    /// The cgroup VM `id` already has (a VM leased from a pool, whose
+    /// cgroup the pool made): `dirs` must be this host's leaves for `id`.
+    pub fn adopt(id: &str, dirs: &[PathBuf]) -> Result<VmCgroup, CgroupError> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mounts)?;
+        let layout = layout(&mountinfo)?;
+        let expected = paths_for(id);
+        if dirs.is_empty() || dirs.iter().any(|d| !expected.contains(d) || !d.is_dir()) {
+            return Err(CgroupError::Adopt {
+                id: id.to_string(),
+                dirs: dirs.to_vec(),
+            });
+        }
+        Ok(VmCgroup {
+            layout,
+            dirs: dirs.to_vec(),
+            procs: Mutex::new(Vec::new()),
+            removed: AtomicBool::new(false),
+            id: id.to_string(),
+        })
+    }
+
+    /// Lets go of the cgroup without removing it: its VM went to another
+    /// owner, who removes it.
+    pub fn disown(&self) {
+        self.removed.store(true, Ordering::SeqCst);
+        self.procs.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     fn leaf(&mut self, root: &Path, id: &str) -> Result<PathBuf, CgroupError> {

@@ -15,6 +15,8 @@ pub struct HostConfig {
     pub jail: JailMode,
     pub deadlines: Deadlines,
     pub templates: TemplateMode,
+    /// Whether VMs are leased from the pool first (the `[pool]` table).
+    pub pool: crate::pool::PoolMode,
 }
 
 impl HostConfig {
@@ -25,6 +27,7 @@ impl HostConfig {
             jail: JailMode::parse(&path, &text)?,
             deadlines: Deadlines::parse(&path, &text)?,
             templates: TemplateMode::parse(&path, &text)?.with_env(),
+            pool: crate::pool::PoolConfig::parse(&path, &text)?.mode(),
         })
     }
 }

@@ -28,6 +28,7 @@ pub mod deadlines;
 pub mod guest;
 pub mod identity;
 pub mod jail;
+pub mod pool;
 pub mod qemu;
 pub mod qmp;
 pub mod record;

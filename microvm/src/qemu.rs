@@ -146,8 +146,11 @@ impl QemuOption for NinePShare<'_> {
         let id = format!("fs{}", self.index);
         // security_model=none: the guest sees the files' real owners and
         // modes, as a container sees its image; the VMM never chowns.
+        // multidevs=remap: a share may span file systems (a pooled VM's
+        // image is mounted under its share; a volume may hold mounts), and
+        // inode numbers of two file systems must not meet in the guest.
         let mut fsdev = format!(
-            "local,id={id},path={},security_model=none",
+            "local,id={id},path={},security_model=none,multidevs=remap",
             path(self.host_path)
         );
         if self.readonly {
@@ -433,7 +436,7 @@ mod tests {
         assert!(has_pair(
             &a,
             "-fsdev",
-            "local,id=fs0,path=/srv/a,,b,security_model=none"
+            "local,id=fs0,path=/srv/a,,b,security_model=none,multidevs=remap"
         ));
         assert!(has_pair(
             &a,
@@ -444,7 +447,7 @@ mod tests {
         assert!(has_pair(
             &a,
             "-fsdev",
-            "local,id=fs0,path=/,security_model=none,readonly=on"
+            "local,id=fs0,path=/,security_model=none,multidevs=remap,readonly=on"
         ));
     }
 

@@ -70,6 +70,8 @@ const TEMP_MAX_AGE: Duration = Duration::from_secs(60);
 pub enum RecordError {
     #[error("invalid vm id {0:?}")]
     Id(String),
+    #[error("vm {id} cannot change hands: {why}")]
+    Transfer { id: String, why: String },
     #[error("the owner of vm {id} ({owner}) is not a live process")]
     OwnerNotAlive { id: String, owner: String },
     #[error("vm id {id} is in use by {owner} (record {path})")]
@@ -319,6 +321,11 @@ pub struct Record {
     /// Jailed VMs only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jail: Option<JailPaths>,
+    /// A pooled VM's share directory (its image is attached under it in
+    /// the jail's mount namespace; on the host it holds empty directories
+    /// only): removed after the jail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_dir: Option<PathBuf>,
 }
 
 /// What a record says of its VM, as `mu2 ps` shows it.
@@ -372,6 +379,7 @@ impl Record {
                 claim_dir: c.claim_dir.clone(),
                 claim: None,
             }),
+            share_dir: None,
         }
     }
 
@@ -719,6 +727,46 @@ impl RecordDir {
         }
     }
 
+    /// Moves VM `id`'s record from `from` to `to` (a VM leased from a
+    /// pool changes hands): under the record's lock, only if `from` still
+    /// owns it and its VMM runs. `to` must be alive. The record is the
+    /// returned guard's from then on; a collector that raced us either
+    /// finds the lock taken or the new owner.
+    pub fn transfer(&self, id: &str, from: &Owner, to: Owner) -> Result<RecordGuard, RecordError> {
+        let path = self.record_path(id);
+        let refuse = |why: String| RecordError::Transfer {
+            id: id.to_string(),
+            why,
+        };
+        if !to.is_alive() {
+            return Err(RecordError::OwnerNotAlive {
+                id: id.to_string(),
+                owner: to.to_string(),
+            });
+        }
+        let file = open_nofollow(&path).map_err(io_err("open", &path))?;
+        let file = nix::fcntl::Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| refuse(format!("its record is locked ({e})")))?;
+        if !same_file(&file, &path) {
+            return Err(refuse("its record was replaced".into()));
+        }
+        let mut record = parse(&file, id).map_err(refuse)?;
+        if &record.owner != from {
+            return Err(refuse(format!("it is owned by {}", record.owner)));
+        }
+        if record.released || !record.vmm_alive() {
+            return Err(refuse("its VMM is gone".into()));
+        }
+        record.owner = to;
+        self.update(&record)?;
+        drop(file);
+        Ok(RecordGuard {
+            dir: self.clone(),
+            record,
+            done: false,
+        })
+    }
+
     /// VM `id`'s record, if there is one.
     pub fn read(&self, id: &str) -> Result<Option<Record>, RecordError> {
         let path = self.record_path(id);
@@ -994,6 +1042,13 @@ fn release_resources(r: &Record, cgroups: &[PathBuf], entry: &mut GcEntry) {
             return;
         }
     }
+    if let Some(d) = &r.share_dir {
+        match crate::pool::remove_share_dir(d) {
+            Ok(true) => entry.removed.push(("share", d.clone())),
+            Ok(false) => {}
+            Err(e) => log::warn!("vm {}: cannot remove {}: {e}", r.id, d.display()),
+        }
+    }
     for c in r.claim_files() {
         match ids::release_left_behind(&c, &r.id) {
             LeftClaim::Released => entry.removed.push(("claim", c)),
@@ -1151,6 +1206,12 @@ impl RecordGuard {
         self.save();
     }
 
+    /// Records a pooled VM's share directory (see [`Record::share_dir`]).
+    pub fn set_share_dir(&mut self, dir: &Path) {
+        self.record.share_dir = Some(dir.to_path_buf());
+        self.save();
+    }
+
     /// Records the jail directory and the uid claim file.
     pub fn set_jail(&mut self, dir: &Path, claim: Option<&Path>) {
         let claim_dir = self
@@ -1166,6 +1227,17 @@ impl RecordGuard {
             claim: claim.map(Path::to_path_buf),
         });
         self.save();
+    }
+
+    /// Lets go of the record without removing it: it was transferred to
+    /// another owner ([`RecordDir::transfer`]).
+    pub fn disown(&mut self) {
+        self.done = true;
+    }
+
+    /// The directory the record lives in.
+    pub fn dir(&self) -> &RecordDir {
+        &self.dir
     }
 
     /// Removes the record, once the VMM is gone and its owner has released

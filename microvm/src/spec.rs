@@ -64,6 +64,8 @@ pub struct VmSpec {
     pub owner: Owner,
     /// Whether the VM may be resumed from a template ([`crate::template`]).
     pub templates: crate::template::TemplateMode,
+    /// Whether the VM may be leased from the pool ([`crate::pool`]).
+    pub pool: crate::pool::PoolMode,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -169,6 +171,7 @@ pub(crate) mod tests {
             },
             owner: Owner::this_process(crate::record::OwnerKind::Test),
             templates: crate::template::TemplateMode::Off,
+            pool: crate::pool::PoolMode::Off,
         }
     }
 

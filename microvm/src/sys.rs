@@ -99,3 +99,30 @@ pub(crate) fn pidfd_send_signal(pidfd: std::os::fd::BorrowedFd<'_>, signal: i32)
     }
     Ok(())
 }
+
+/// Waits up to `timeout` for the process of `pidfd` to exit (a pidfd polls
+/// readable once it has); whether it did.
+pub(crate) fn pidfd_wait_exit(
+    pidfd: std::os::fd::BorrowedFd<'_>,
+    timeout: std::time::Duration,
+) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) if left.is_zero() => return false,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            // A pidfd that cannot be polled names no process we can wait for.
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Whether the process of `pidfd` has exited, without waiting.
+pub(crate) fn pidfd_exited(pidfd: std::os::fd::BorrowedFd<'_>) -> bool {
+    pidfd_wait_exit(pidfd, std::time::Duration::ZERO)
+}

@@ -261,7 +261,7 @@ pub struct Meta {
 }
 
 impl Meta {
-    fn ready(&self) -> Ready {
+    pub(crate) fn ready(&self) -> Ready {
         Ready {
             protocol_version: self.protocol_version,
             agent_version: self.agent_version.clone(),
@@ -514,6 +514,7 @@ impl Store {
         let mut tspec = spec.clone();
         tspec.id = format!("tpl-{}-{}", &key.as_str()[..12], std::process::id());
         tspec.templates = TemplateMode::Off;
+        tspec.pool = crate::pool::PoolMode::Off;
         tspec.shares = spec
             .shares
             .iter()
@@ -698,6 +699,45 @@ pub(crate) fn restore_or_build(
 ) -> Result<Option<Vm>, VmError> {
     let id = &spec.id;
     let t0 = Instant::now();
+    let Some((store, key, t)) = find_or_build(spec, dir, build, max_bytes)? else {
+        return Ok(None);
+    };
+    let found_in = t0.elapsed();
+    match restore(spec, &t) {
+        Ok(vm) => {
+            log::info!(
+                "vm {id}: restored from template {} (find {found_in:?}, restore {:?})",
+                key.as_str(),
+                vm.boot_time()
+            );
+            Ok(Some(vm))
+        }
+        // The host could not set the clone up (jail, cgroup, record,
+        // spawn): a cold boot needs the same, and the template is not at
+        // fault.
+        Err(e) if host_side(&e) => Err(e),
+        Err(e) => {
+            log::warn!(
+                "vm {id}: restoring template {} failed ({}); template removed, booting",
+                key.as_str(),
+                crate::describe_error(&e)
+            );
+            store.discard(&key);
+            Ok(None)
+        }
+    }
+}
+
+/// The verified template of `spec`'s key, built first if missing and
+/// `build` allows: `Ok(None)` (after a log line) when there is none to
+/// use; errors as [`restore_or_build`]'s.
+pub(crate) fn find_or_build(
+    spec: &VmSpec,
+    dir: &Path,
+    build: bool,
+    max_bytes: u64,
+) -> Result<Option<(Store, Key, Template)>, VmError> {
+    let id = &spec.id;
     let opened = Key::of(spec).and_then(|key| Ok((key, Store::open(dir)?.with_budget(max_bytes))));
     let (key, store) = match opened {
         Ok(x) => x,
@@ -752,34 +792,11 @@ pub(crate) fn restore_or_build(
             }
         },
     };
-    let found_in = t0.elapsed();
-    match restore(spec, &t) {
-        Ok(vm) => {
-            log::info!(
-                "vm {id}: restored from template {} (find {found_in:?}, restore {:?})",
-                key.as_str(),
-                vm.boot_time()
-            );
-            Ok(Some(vm))
-        }
-        // The host could not set the clone up (jail, cgroup, record,
-        // spawn): a cold boot needs the same, and the template is not at
-        // fault.
-        Err(e) if host_side(&e) => Err(e),
-        Err(e) => {
-            log::warn!(
-                "vm {id}: restoring template {} failed ({}); template removed, booting",
-                key.as_str(),
-                crate::describe_error(&e)
-            );
-            store.discard(&key);
-            Ok(None)
-        }
-    }
+    Ok(Some((store, key, t)))
 }
 
 /// Failed before QEMU ran: the host's part of a VM.
-fn host_side(e: &VmError) -> bool {
+pub(crate) fn host_side(e: &VmError) -> bool {
     matches!(
         e,
         VmError::Spec(_)

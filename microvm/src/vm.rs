@@ -174,10 +174,23 @@ pub struct VmStdio {
 pub struct ControlSender {
     id: Arc<str>,
     stream: Arc<Mutex<UnixStream>>,
+    /// A leased VM's image is this directory of its root share: every Run
+    /// sent says so (the caller's Run names the share only).
+    root_subdir: Option<Arc<str>>,
 }
 
 impl ControlSender {
     pub fn send(&self, msg: &HostMsg) -> Result<(), VmError> {
+        let patched;
+        let msg = match (msg, &self.root_subdir) {
+            (HostMsg::Run(run), Some(sub)) => {
+                let mut run = run.clone();
+                run.root.share_subdir = Some(sub.to_string());
+                patched = HostMsg::Run(run);
+                &patched
+            }
+            _ => msg,
+        };
         let mut s = self.stream.lock().unwrap_or_else(|e| e.into_inner());
         write_msg(&mut *s, msg).map_err(|source| VmError::Protocol {
             id: self.id.to_string(),
@@ -220,13 +233,18 @@ impl KillHandle {
 
 pub struct Vm {
     id: String,
-    /// QEMU itself, or, when jailed, the jailer (QEMU's parent).
-    child: Child,
+    /// Who waits for the VMM: our child, or a leased VM's pidfds.
+    vmm: Vmm,
     /// QEMU's pid as the host sees it.
     qemu_pid: u32,
-    /// The jail's directory and id claim, released after the reap.
+    /// The jail's directory and id claim, released after the reap (a
+    /// leased VM's are released through its record).
     jail: Option<JailResources>,
-    reaped: Option<ExitStatus>,
+    /// The jail's directory, owned or leased.
+    jail_dir: Option<PathBuf>,
+    /// The VMM is gone (and reaped, when it is our child).
+    reaped: bool,
+    status: Option<ExitStatus>,
     sender: ControlSender,
     events: Receiver<AgentEvent>,
     /// The reader thread said Closed (or stopped): later waits return at once.
@@ -247,6 +265,97 @@ pub struct Vm {
     qmp: Option<UnixStream>,
     /// Resumed from a template rather than booted.
     restored: bool,
+    /// A warm VM of a pool: its channels are not read until it is leased
+    /// ([`crate::pool`]), so these are held whole.
+    dormant: Option<Dormant>,
+    /// Handed to a lease: dropping leaves the VM to its new owner.
+    handed_over: bool,
+}
+
+/// The unread channels of a warm VM, and its lifeline (given by the pool
+/// once QEMU runs).
+pub(crate) struct Dormant {
+    pub(crate) console: UnixStream,
+    pub(crate) control: UnixStream,
+    pub(crate) lifeline: Option<OwnedFd>,
+}
+
+/// Who waits for the VMM.
+enum Vmm {
+    /// QEMU itself, or, when jailed, the jailer (QEMU's parent).
+    Child(Child),
+    /// A VM leased from a pool: the jailer is the pool's child. We hold
+    /// pidfds of the jailer and QEMU, and the lifeline: closing it makes
+    /// the jailer kill QEMU.
+    Leased {
+        jailer_pid: u32,
+        jailer: OwnedFd,
+        _lifeline: OwnedFd,
+    },
+    /// Handed over to a lease.
+    None,
+}
+
+impl Vmm {
+    /// `Some` once the VMM is gone (its status when it was our child).
+    fn try_wait(&mut self) -> Option<Option<ExitStatus>> {
+        match self {
+            Vmm::Child(c) => match c.try_wait() {
+                Ok(Some(s)) => Some(Some(s)),
+                Ok(None) => None,
+                Err(_) => Some(None),
+            },
+            Vmm::Leased { jailer, .. } => crate::sys::pidfd_exited(jailer.as_fd()).then_some(None),
+            Vmm::None => Some(None),
+        }
+    }
+
+    /// Asks the jailer to end QEMU (SIGTERM).
+    fn terminate(&self) {
+        match self {
+            Vmm::Child(c) => {
+                let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+            Vmm::Leased { jailer, .. } => {
+                let _ = crate::sys::pidfd_send_signal(jailer.as_fd(), libc::SIGTERM);
+            }
+            Vmm::None => {}
+        }
+    }
+
+    fn force_kill(&mut self) {
+        match self {
+            Vmm::Child(c) => {
+                let _ = c.kill();
+            }
+            Vmm::Leased { jailer, .. } => {
+                let _ = crate::sys::pidfd_send_signal(jailer.as_fd(), libc::SIGKILL);
+            }
+            Vmm::None => {}
+        }
+    }
+
+    /// Waits for the VMM to be gone: a child is reaped; a leased VM's
+    /// jailer, dying once QEMU is, gets [`JAILER_GRACE`].
+    fn wait(&mut self) -> Option<ExitStatus> {
+        match self {
+            Vmm::Child(c) => c.wait().ok(),
+            Vmm::Leased { jailer, .. } => {
+                crate::sys::pidfd_wait_exit(jailer.as_fd(), JAILER_GRACE);
+                None
+            }
+            Vmm::None => None,
+        }
+    }
+
+    fn jailer_pid(&self) -> Option<u32> {
+        match self {
+            Vmm::Child(c) => Some(c.id()),
+            Vmm::Leased { jailer_pid, .. } => Some(*jailer_pid),
+            Vmm::None => None,
+        }
+    }
 }
 
 /// How a VM comes up.
@@ -262,6 +371,30 @@ pub(crate) enum Start<'a> {
         state: &'a std::fs::File,
         ready: Ready,
     },
+    /// Resumed from a template for a pool: no identity yet, no reader on
+    /// its channels (they go to whoever leases it), and a jailer that lives
+    /// by `lifeline` (the read end of a pipe) rather than by its parent.
+    Warm {
+        state: &'a std::fs::File,
+        ready: Ready,
+        lifeline: std::os::fd::RawFd,
+    },
+}
+
+impl Start<'_> {
+    fn state(&self) -> Option<&std::fs::File> {
+        match self {
+            Start::Restore { state, .. } | Start::Warm { state, .. } => Some(state),
+            _ => None,
+        }
+    }
+
+    fn ready(&self) -> Option<&Ready> {
+        match self {
+            Start::Restore { ready, .. } | Start::Warm { ready, .. } => Some(ready),
+            _ => None,
+        }
+    }
 }
 
 struct Pair {
@@ -292,6 +425,15 @@ impl Vm {
     /// is booted again, up to [`BOOT_ATTEMPTS`] times.
     pub fn launch(spec: &VmSpec) -> Result<Vm, VmError> {
         spec.validate()?;
+        if let crate::pool::PoolMode::Use {
+            socket,
+            lease_timeout,
+        } = &spec.pool
+        {
+            if let Some(vm) = crate::pool::client::lease(spec, socket, *lease_timeout) {
+                return Ok(vm);
+            }
+        }
         if let crate::template::TemplateMode::Use {
             dir,
             build,
@@ -383,10 +525,7 @@ impl Vm {
             stdout: stdout.theirs.as_raw_fd(),
             stderr: stderr.theirs.as_raw_fd(),
             qmp: qmp.as_ref().map(|p| p.theirs.as_raw_fd()),
-            incoming: match how {
-                Start::Restore { state, .. } => Some(state.as_raw_fd()),
-                _ => None,
-            },
+            incoming: how.state().map(|s| s.as_raw_fd()),
         };
         let tsc = match spec.accel {
             crate::Accel::Tcg => crate::accel::host_tsc_khz(),
@@ -397,6 +536,12 @@ impl Vm {
         channel_fds.extend(fds.qmp);
         channel_fds.extend(fds.incoming);
         let (child, qemu_pid, jail, qemu_stderr) = match &spec.jail {
+            JailMode::Disabled { .. } if matches!(how, Start::Warm { .. }) => {
+                return Err(VmError::Jail {
+                    id: id.clone(),
+                    source: JailError::Input("a pooled VM must be jailed".into()),
+                });
+            }
             JailMode::Disabled { .. } => {
                 let args = qemu::command_line(spec, fds, tsc, None);
                 log::debug!("vm {id}: {} {}", spec.qemu.display(), args.join(" "));
@@ -444,6 +589,10 @@ impl Vm {
                     cgroup_procs: procs,
                     kvm: spec.accel == crate::Accel::Kvm,
                     start_deadline: spec.deadlines.jailer,
+                    lifeline: match how {
+                        Start::Warm { lifeline, .. } => Some(*lifeline),
+                        _ => None,
+                    },
                 };
                 let j = jail::spawn(cfg, &req).map_err(jail_err)?;
                 (j.jailer, j.pid, Some(j.resources), j.stderr)
@@ -519,26 +668,43 @@ impl Vm {
                 killed: AtomicBool::new(false),
             }),
         };
-        let (console_tail, console_thread) = ConsoleTail::spawn(ends.console, spec.debug);
-        let (events_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
-        let reader = spawn_reader(ends.control_reader, events_tx);
+        let warm = matches!(how, Start::Warm { .. });
+        let (console_tail, events, threads, dormant) = if warm {
+            // Nobody reads a warm VM's channels: its lessee will.
+            let (_, events) = mpsc::sync_channel(0);
+            let dormant = Dormant {
+                console: ends.console,
+                control: ends.control_reader,
+                lifeline: None,
+            };
+            (ConsoleTail::default(), events, Vec::new(), Some(dormant))
+        } else {
+            let (console_tail, console_thread) = ConsoleTail::spawn(ends.console, spec.debug);
+            let (events_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
+            let reader = spawn_reader(ends.control_reader, events_tx);
+            (console_tail, events, vec![console_thread, reader], None)
+        };
         let qemu_stderr = qemu_stderr.map(read_to_tail);
         let _ = child.stderr.take();
+        let jail_dir = jail.as_ref().map(|j| j.dir.clone());
         let mut vm = Vm {
             id: id.clone(),
-            child,
+            vmm: Vmm::Child(child),
             qemu_pid,
             jail,
-            reaped: None,
+            jail_dir,
+            reaped: false,
+            status: None,
             sender: ControlSender {
                 id: id.clone().into(),
                 stream: Arc::new(Mutex::new(ends.control_writer)),
+                root_subdir: None,
             },
             events,
             closed: false,
             stdio: Some(ends.stdio),
             console: console_tail,
-            threads: vec![console_thread, reader],
+            threads,
             ready: Ready {
                 protocol_version: 0,
                 agent_version: String::new(),
@@ -551,19 +717,22 @@ impl Vm {
             cgroup,
             record,
             qmp,
-            restored: matches!(how, Start::Restore { .. }),
+            restored: how.state().is_some(),
+            dormant,
+            handed_over: false,
         };
-        let up = match how {
-            Start::Boot | Start::Template => vm.await_ready(spec.deadlines.ready, started),
-            Start::Restore { ready, .. } => Ok(ready.clone()),
+        let up = match how.ready() {
+            None => vm.await_ready(spec.deadlines.ready, started),
+            Some(ready) => Ok(ready.clone()),
         };
         match up {
             Ok(ready) => {
                 vm.ready = ready;
-                // A template's VM stays as it booted; every other VM takes
-                // its own identity before anything else (for a clone, its
+                // A template's VM stays as it booted, and so does a warm
+                // one until it is leased; every other VM takes its own
+                // identity before anything else (for a clone, its
                 // Identified is also the sign it resumed).
-                if !matches!(how, Start::Template) {
+                if !matches!(how, Start::Template | Start::Warm { .. }) {
                     crate::identity::identify(&mut vm)?;
                 }
                 vm.boot_time = started.elapsed();
@@ -575,6 +744,7 @@ impl Vm {
                     "vm {id}: {} in {:?} (pid {}, kernel {})",
                     match how {
                         Start::Restore { .. } => "restored",
+                        Start::Warm { .. } => "restored warm",
                         _ => "ready",
                     },
                     vm.boot_time,
@@ -743,18 +913,18 @@ impl Vm {
 
     /// Whether QEMU runs in a jail.
     pub fn jailed(&self) -> bool {
-        self.jail.is_some()
+        self.jail_dir.is_some()
     }
 
     /// The jail's directory on the host (empty there: the jail is a tmpfs
     /// in QEMU's own mount namespace, seen at /proc/PID/root).
     pub fn jail_dir(&self) -> Option<&Path> {
-        self.jail.as_ref().map(|j| j.dir.as_path())
+        self.jail_dir.as_deref()
     }
 
     /// The QMP socket, reached through QEMU's root (jailed VMs only).
     pub fn qmp_path(&self) -> Option<std::path::PathBuf> {
-        self.jail.as_ref().map(|_| {
+        self.jail_dir.as_ref().map(|_| {
             std::path::PathBuf::from(format!("/proc/{}/root{}", self.qemu_pid, qemu::QMP_SOCKET))
         })
     }
@@ -801,16 +971,13 @@ impl Vm {
     pub fn finish(&mut self, grace: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + grace;
         loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => {
-                    self.reaped = Some(s);
-                    return Some(s);
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                _ => break,
+            if self.poll_gone() {
+                return self.status;
             }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         if !grace.is_zero() {
             log::warn!(
@@ -819,6 +986,17 @@ impl Vm {
             );
         }
         self.kill();
+        self.status
+    }
+
+    /// Whether the VMM is gone (reaping it if it is our child).
+    fn poll_gone(&mut self) -> bool {
+        if !self.reaped {
+            if let Some(status) = self.vmm.try_wait() {
+                self.reaped = true;
+                self.status = status;
+            }
+        }
         self.reaped
     }
 
@@ -853,49 +1031,49 @@ impl Vm {
 
     /// Kills QEMU and reaps it (and its jailer). Idempotent.
     pub fn kill(&mut self) {
-        if self.reaped.is_some() {
+        if self.reaped || self.handed_over {
             return;
         }
-        if self.jail.is_none() {
+        if self.jail_dir.is_none() {
             self.kill.kill();
             self.wait_reaped();
             return;
         }
-        // The jailer kills QEMU, reaps it and exits: once it is reaped,
-        // QEMU is gone too.
-        let jailer = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(jailer, nix::sys::signal::Signal::SIGTERM);
+        // The jailer kills QEMU, reaps it and exits: once it is gone, QEMU
+        // is gone too.
+        self.vmm.terminate();
         let _ = self.cgroup.thaw();
         let deadline = Instant::now() + JAILER_GRACE;
         while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(s)) => {
-                    self.reaped = Some(s);
-                    return;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(_) => break,
+            if self.poll_gone() {
+                return;
             }
+            std::thread::sleep(Duration::from_millis(5));
         }
         log::warn!(
             "vm {}: the jailer did not end; killing it and QEMU",
             self.id
         );
         self.kill.kill();
-        let _ = self.child.kill();
+        self.vmm.force_kill();
         self.wait_reaped();
     }
 
     fn wait_reaped(&mut self) -> Option<ExitStatus> {
-        if self.reaped.is_none() {
-            self.reaped = self.child.wait().ok();
+        if !self.reaped {
+            self.status = self.vmm.wait();
+            self.reaped = true;
         }
-        self.reaped
+        self.status
     }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
+        if self.handed_over {
+            // Everything of it is its lessee's now.
+            return;
+        }
         self.kill();
         // The reader may be blocked handing a message to a full queue
         // (a flooding guest): its receiver must go before it is joined.
@@ -907,6 +1085,256 @@ impl Drop for Vm {
         self.cgroup.remove();
         drop(self.jail.take());
         self.record.release();
+    }
+}
+
+/// A warm VM's channels and handles as they cross the pool's socket, in
+/// this order (see [`crate::pool`]).
+pub(crate) struct LeaseFds {
+    pub(crate) console: OwnedFd,
+    pub(crate) control: OwnedFd,
+    pub(crate) stdin: OwnedFd,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
+    pub(crate) qemu: OwnedFd,
+    pub(crate) jailer: OwnedFd,
+    pub(crate) lifeline: OwnedFd,
+}
+
+impl LeaseFds {
+    pub(crate) const COUNT: usize = 8;
+
+    pub(crate) fn into_vec(self) -> Vec<OwnedFd> {
+        vec![
+            self.console,
+            self.control,
+            self.stdin,
+            self.stdout,
+            self.stderr,
+            self.qemu,
+            self.jailer,
+            self.lifeline,
+        ]
+    }
+
+    pub(crate) fn from_vec(v: Vec<OwnedFd>) -> Option<LeaseFds> {
+        let [console, control, stdin, stdout, stderr, qemu, jailer, lifeline]: [OwnedFd;
+            Self::COUNT] = v.try_into().ok()?;
+        Some(LeaseFds {
+            console,
+            control,
+            stdin,
+            stdout,
+            stderr,
+            qemu,
+            jailer,
+            lifeline,
+        })
+    }
+}
+
+/// What a lessee learns of a warm VM besides its fds.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseInfo {
+    pub id: String,
+    pub qemu_pid: u32,
+    pub jailer_pid: u32,
+    pub protocol_version: u32,
+    pub agent_version: String,
+    pub kernel_release: String,
+    pub uptime_ns: u64,
+    pub jail_dir: PathBuf,
+    pub cgroups: Vec<PathBuf>,
+    /// The record's owner until the lessee takes it over.
+    pub owner: crate::record::Owner,
+}
+
+impl Vm {
+    /// A warm VM: sets the write end of its lifeline (the jailer kills QEMU
+    /// once every copy of it is closed).
+    pub(crate) fn set_lifeline(&mut self, w: OwnedFd) {
+        if let Some(d) = &mut self.dormant {
+            d.lifeline = Some(w);
+        }
+    }
+
+    /// Copies of a warm VM's fds and what a lessee needs to adopt it; the
+    /// VM stays ours until [`Vm::hand_over`].
+    pub(crate) fn lease_parts(&self) -> io::Result<(LeaseInfo, LeaseFds)> {
+        let d = self
+            .dormant
+            .as_ref()
+            .ok_or_else(|| io::Error::other("not a warm VM"))?;
+        let lifeline = d
+            .lifeline
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no lifeline"))?;
+        let stdio = self
+            .stdio
+            .as_ref()
+            .ok_or_else(|| io::Error::other("stdio taken"))?;
+        let Vmm::Child(child) = &self.vmm else {
+            return Err(io::Error::other("not our child"));
+        };
+        let dup = |s: &UnixStream| s.try_clone().map(OwnedFd::from);
+        let fds = LeaseFds {
+            console: dup(&d.console)?,
+            control: dup(&d.control)?,
+            stdin: dup(&stdio.stdin)?,
+            stdout: dup(&stdio.stdout)?,
+            stderr: dup(&stdio.stderr)?,
+            qemu: self.kill.inner.qemu.try_clone()?,
+            // Our unreaped child: its pid names it.
+            jailer: crate::sys::pidfd_open(child.id())?,
+            lifeline: lifeline.try_clone()?,
+        };
+        let info = LeaseInfo {
+            id: self.id.clone(),
+            qemu_pid: self.qemu_pid,
+            jailer_pid: child.id(),
+            protocol_version: self.ready.protocol_version,
+            agent_version: self.ready.agent_version.clone(),
+            kernel_release: self.ready.kernel_release.clone(),
+            uptime_ns: self.ready.uptime_ns,
+            jail_dir: self.jail_dir.clone().unwrap_or_default(),
+            cgroups: self.cgroup.dirs().to_vec(),
+            owner: self.record.record().owner.clone(),
+        };
+        Ok((info, fds))
+    }
+
+    /// Whether a warm VM's QEMU still runs.
+    pub(crate) fn alive(&mut self) -> bool {
+        !crate::sys::pidfd_exited(self.kill.inner.qemu.as_fd()) && !self.poll_gone()
+    }
+
+    /// Lets go of a warm VM its lessee took over: nothing of it is removed
+    /// here (the record, cgroup, jail and claim are the lessee's); the
+    /// jailer, our child, is returned to be reaped when it ends.
+    pub(crate) fn hand_over(mut self) -> Option<Child> {
+        self.handed_over = true;
+        self.record.disown();
+        self.cgroup.disown();
+        if let Some(j) = self.jail.take() {
+            j.disown();
+        }
+        match std::mem::replace(&mut self.vmm, Vmm::None) {
+            Vmm::Child(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Adopts a VM leased from a pool, whose record `record` this process
+    /// now holds: starts its readers, then gives it its identity. Any error
+    /// kills it (the lifeline closes with the Vm).
+    pub(crate) fn adopt(
+        spec: &VmSpec,
+        info: LeaseInfo,
+        fds: LeaseFds,
+        record: RecordGuard,
+        root_subdir: Option<&str>,
+        started: Instant,
+    ) -> Result<Vm, VmError> {
+        let id = info.id.clone();
+        let cgroup = VmCgroup::adopt(&id, &info.cgroups).map_err(|source| VmError::Cgroup {
+            id: id.clone(),
+            source,
+        })?;
+        let cgroup = Arc::new(cgroup);
+        let kill = KillHandle {
+            inner: Arc::new(KillInner {
+                id: id.clone(),
+                qemu: fds.qemu,
+                cgroup: Arc::clone(&cgroup),
+                killed: AtomicBool::new(false),
+            }),
+        };
+        let channel_err = |source| VmError::Channel {
+            id: id.clone(),
+            source,
+        };
+        let control = UnixStream::from(fds.control);
+        control
+            .set_write_timeout(Some(spec.deadlines.control_write))
+            .map_err(channel_err)?;
+        let reader_end = control.try_clone().map_err(channel_err)?;
+        let (console_tail, console_thread) =
+            ConsoleTail::spawn(UnixStream::from(fds.console), spec.debug);
+        let (events_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
+        let reader = spawn_reader(reader_end, events_tx);
+        let mut vm = Vm {
+            id: id.clone(),
+            vmm: Vmm::Leased {
+                jailer_pid: info.jailer_pid,
+                jailer: fds.jailer,
+                _lifeline: fds.lifeline,
+            },
+            qemu_pid: info.qemu_pid,
+            jail: None,
+            jail_dir: Some(info.jail_dir),
+            reaped: false,
+            status: None,
+            sender: ControlSender {
+                id: id.clone().into(),
+                stream: Arc::new(Mutex::new(control)),
+                root_subdir: root_subdir.map(Into::into),
+            },
+            events,
+            closed: false,
+            stdio: Some(VmStdio {
+                stdin: UnixStream::from(fds.stdin),
+                stdout: UnixStream::from(fds.stdout),
+                stderr: UnixStream::from(fds.stderr),
+            }),
+            console: console_tail,
+            threads: vec![console_thread, reader],
+            ready: Ready {
+                protocol_version: info.protocol_version,
+                agent_version: info.agent_version,
+                kernel_release: info.kernel_release,
+                uptime_ns: info.uptime_ns,
+            },
+            boot_time: Duration::ZERO,
+            deadlines: spec.deadlines,
+            kill,
+            cgroup,
+            record,
+            qmp: None,
+            restored: true,
+            dormant: None,
+            handed_over: false,
+        };
+        check_version(&vm.ready).map_err(|source| VmError::Protocol {
+            id: id.clone(),
+            source,
+        })?;
+        crate::identity::identify(&mut vm)?;
+        vm.boot_time = started.elapsed();
+        Ok(vm)
+    }
+
+    pub(crate) fn record_mut(&mut self) -> &mut RecordGuard {
+        &mut self.record
+    }
+
+    pub(crate) fn set_boot_time(&mut self, t: Duration) {
+        self.boot_time = t;
+    }
+
+    /// Whether the VM was leased from a pool.
+    pub fn leased(&self) -> bool {
+        matches!(self.vmm, Vmm::Leased { .. })
+    }
+
+    /// The jailer's pid (jailed VMs).
+    pub fn jailer_pid(&self) -> Option<u32> {
+        self.jail_dir.as_ref().and(self.vmm.jailer_pid())
+    }
+
+    /// QEMU's pidfd, borrowed.
+    pub(crate) fn qemu_pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.kill.inner.qemu.as_fd()
     }
 }
 

@@ -630,6 +630,7 @@ mod jail_released_on_every_end {
             root: Root {
                 share_tag: "rootfs".into(),
                 readonly: true,
+                share_subdir: None,
             },
             process: Process {
                 args: vec!["/bin/true".into()],
@@ -875,6 +876,7 @@ fn run_probe_with(args: &[&str], shares: Vec<(PathBuf, PathBuf, bool)>) -> Probe
         cgroup_procs: vec![],
         kvm: false,
         start_deadline: Duration::from_secs(10),
+        lifeline: None,
     };
     let mut j = jail::spawn(&cfg, &req).expect("jailed probe");
     let first = j.resources.first_id;
@@ -1302,6 +1304,7 @@ fn the_jailer_refuses_a_symlink_anywhere_in_a_bind_source() {
         argv: vec!["/f".into()],
         keep_fds: vec![],
         rlimits: Default::default(),
+        lifeline: None,
     };
     let run = |p: jail::Plan| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_mu2-jailer"))

@@ -104,6 +104,7 @@ impl Plan {
             jail,
             owner,
             templates: mu2_microvm::template::TemplateMode::Off,
+            pool: mu2_microvm::pool::PoolMode::Off,
         }
     }
 }
@@ -216,6 +217,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, BundleError> {
         root: Root {
             share_tag: ROOTFS_TAG.into(),
             readonly: readonly_root,
+            share_subdir: None,
         },
         process,
         hostname: spec.hostname().clone().unwrap_or_default(),

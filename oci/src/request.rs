@@ -38,6 +38,7 @@ pub(crate) fn check_process(process: &Process) -> Result<(), BundleError> {
         root: Root {
             share_tag: crate::ROOTFS_TAG.into(),
             readonly: false,
+            share_subdir: None,
         },
         process: process.clone(),
         ..Default::default()

@@ -29,7 +29,7 @@ pub use messages::*;
 
 /// The protocol version this build speaks. The host refuses an agent that
 /// announces another one.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Lines the guest's init prints on the serial console for the host to act
 /// on (the console is not a protocol channel: these are the only lines the

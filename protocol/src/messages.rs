@@ -259,6 +259,10 @@ pub struct Mount {
 pub struct Root {
     pub share_tag: String,
     pub readonly: bool,
+    /// The image is this directory of the share (one plain name), not
+    /// the share's root: a VM leased from a pool has its image attached
+    /// under a share made before the request was known.
+    pub share_subdir: Option<String>,
 }
 
 /// A kernel parameter for `/proc/sys`, by its dotted name.
@@ -278,6 +282,19 @@ impl Sysctl {
 
 /// Checks a sysctl name: dot-separated non-empty components without `/`
 /// or NUL (so it can name nothing outside /proc/sys), bounded.
+/// A single path component: not empty, no slash, no NUL, not `.` or `..`.
+pub fn check_plain_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 255
+        || name.contains(['/', '\0'])
+        || name == "."
+        || name == ".."
+    {
+        return Err(format!("{name:?} is not a plain file name"));
+    }
+    Ok(())
+}
+
 pub fn check_sysctl(name: &str, value: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_SYSCTL_NAME {
         return Err(format!(
@@ -709,14 +726,7 @@ impl TryFrom<pb::Mount> for Mount {
         let share_file = if m.share_file.is_empty() {
             None
         } else {
-            let f = &m.share_file;
-            no_nul("mount.share_file", f)?;
-            if f.contains('/') || f == "." || f == ".." {
-                return Err(invalid(
-                    "mount.share_file",
-                    format!("{f:?} is not a file name"),
-                ));
-            }
+            check_plain_name(&m.share_file).map_err(|e| invalid("mount.share_file", e))?;
             if !matches!(source, MountSource::Share(_)) {
                 return Err(invalid(
                     "mount.share_file",
@@ -761,6 +771,13 @@ impl TryFrom<pb::Run> for Run {
         if root.share_tag.is_empty() {
             return Err(invalid("run.root.share_tag", "empty"));
         }
+        let share_subdir = if root.share_subdir.is_empty() {
+            None
+        } else {
+            check_plain_name(&root.share_subdir)
+                .map_err(|e| invalid("run.root.share_subdir", e))?;
+            Some(root.share_subdir)
+        };
         let process = r
             .process
             .into_option()
@@ -818,6 +835,7 @@ impl TryFrom<pb::Run> for Run {
             root: Root {
                 share_tag: root.share_tag,
                 readonly: root.readonly,
+                share_subdir,
             },
             process: Process::try_from(process)?,
             hostname: r.hostname,
@@ -839,6 +857,7 @@ impl From<&Run> for pb::Run {
             root: MessageField::some(pb::Root {
                 share_tag: r.root.share_tag.clone(),
                 readonly: r.root.readonly,
+                share_subdir: r.root.share_subdir.clone().unwrap_or_default(),
                 ..Default::default()
             }),
             process: MessageField::some((&r.process).into()),
@@ -1145,6 +1164,7 @@ mod tests {
             root: Root {
                 share_tag: "rootfs".into(),
                 readonly: false,
+                share_subdir: Some("root".into()),
             },
             process: Process {
                 args: vec!["sh".into(), "".into(), "héllo wörld".into()],
@@ -1435,6 +1455,11 @@ mod tests {
         let mut r = sample_run();
         r.root.share_tag.clear();
         rejects(r, "run.root.share_tag");
+        for bad in ["..", "a/b", "."] {
+            let mut r = sample_run();
+            r.root.share_subdir = Some(bad.into());
+            rejects(r, "run.root.share_subdir");
+        }
         let mut r = sample_run();
         r.mounts[1].share_file = Some("../etc/shadow".into());
         rejects(r, "mount.share_file");

@@ -35,6 +35,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         root: Root {
             share_tag: "rootfs".into(),
             readonly: false,
+            share_subdir: None,
         },
         process: Process {
             args: vec!["sh".into(), "-c".into(), "echo hi".into()],

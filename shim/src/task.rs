@@ -186,6 +186,7 @@ fn vm_spec(
         owner,
     );
     spec.templates = config.templates;
+    spec.pool = config.pool;
     Ok(spec)
 }
 

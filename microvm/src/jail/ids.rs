@@ -24,6 +24,8 @@ pub struct IdClaim {
     pub first: u32,
     path: PathBuf,
     file: File,
+    /// Another process took the claim over: dropping leaves the file.
+    disowned: bool,
 }
 
 impl IdClaim {
@@ -77,7 +79,12 @@ impl IdClaim {
         let mut f = &file;
         f.set_len(0).map_err(io_err)?;
         f.write_all(owner.as_bytes()).map_err(io_err)?;
-        Ok(Some(IdClaim { first, path, file }))
+        Ok(Some(IdClaim {
+            first,
+            path,
+            file,
+            disowned: false,
+        }))
     }
 
     /// The claim's open file, to be inherited by the jailer.
@@ -91,8 +98,19 @@ impl IdClaim {
     }
 }
 
+impl IdClaim {
+    /// Lets go of the claim without releasing it: its VM changed hands,
+    /// and the jailer's inherited fd keeps the lock.
+    pub(crate) fn disown(mut self) {
+        self.disowned = true;
+    }
+}
+
 impl Drop for IdClaim {
     fn drop(&mut self) {
+        if self.disowned {
+            return;
+        }
         // Unlink while still holding the lock: a waiter that opened the old
         // file sees it unlinked and moves on.
         if let Err(e) = std::fs::remove_file(&self.path) {

@@ -385,7 +385,7 @@ fn attach(
     sys::move_mount(&tree, &t)
 }
 
-fn cpath(p: &Path) -> Result<CString, JailError> {
+pub(super) fn cpath(p: &Path) -> Result<CString, JailError> {
     CString::new(p.as_os_str().as_bytes())
         .map_err(|_| JailError::Input(format!("{} has a NUL byte", p.display())))
 }
@@ -515,27 +515,89 @@ fn supervise(plan: &Plan, child: Pid, parent: Pid) -> Result<std::convert::Infal
     setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id)).map_err(err("setresgid"))?;
     setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id)).map_err(err("setresuid"))?;
     nix::sys::prctl::set_no_new_privs().map_err(err("no_new_privs"))?;
+    let set = watched();
+    if let Some(fd) = plan.lifeline {
+        // The credential change cleared the parent-death signal, and it
+        // stays cleared: the lifeline says when the owner is gone.
+        return supervise_lifeline(child, set, fd);
+    }
     // A credential change cleared the parent-death signal: set it again,
     // and check the parent did not die in between.
     crate::sys::die_with_parent().map_err(ioerr("PR_SET_PDEATHSIG"))?;
     if getppid() != parent {
         let _ = kill(child, Signal::SIGKILL);
     }
-    let set = watched();
     loop {
         let sig = set.wait().map_err(err("sigwait"))?;
-        match sig {
-            Signal::SIGCHLD => loop {
-                match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
-                    Ok(WaitStatus::Signaled(_, s, _)) => reraise(s),
-                    Ok(WaitStatus::StillAlive) => break,
-                    Ok(_) => continue,
-                    Err(e) => return Err(err("waitpid")(e)),
+        on_signal(child, sig)?;
+    }
+}
+
+/// Reaps the program on SIGCHLD (exiting with its status), kills it on
+/// any other watched signal.
+fn on_signal(child: Pid, sig: Signal) -> Result<(), JailError> {
+    match sig {
+        Signal::SIGCHLD => loop {
+            match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
+                Ok(WaitStatus::Signaled(_, s, _)) => reraise(s),
+                Ok(WaitStatus::StillAlive) => return Ok(()),
+                Ok(_) => continue,
+                Err(e) => return Err(err("waitpid")(e)),
+            }
+        },
+        _ => {
+            let _ = kill(child, Signal::SIGKILL);
+            Ok(())
+        }
+    }
+}
+
+/// Supervises with a lifeline: the watched signals through a signalfd, and
+/// the lifeline's read end, which reads EOF (or hangs up) once its last
+/// write end is closed — the owner ended, whoever it is by then. The
+/// program is killed then, and reaped as usual.
+fn supervise_lifeline(
+    child: Pid,
+    set: SigSet,
+    lifeline: i32,
+) -> Result<std::convert::Infallible, JailError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    // SAFETY: the fd number was inherited for this use alone (the plan
+    // names it) and nothing else in the jailer owns it.
+    let lifeline = unsafe { OwnedFd::from_raw_fd(lifeline) };
+    let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).map_err(err("signalfd"))?;
+    let mut owner_gone = false;
+    loop {
+        // SAFETY: both fds live for the whole loop body.
+        let sfd_fd = unsafe { BorrowedFd::borrow_raw(sfd.as_raw_fd()) };
+        let mut fds = vec![PollFd::new(sfd_fd, PollFlags::POLLIN)];
+        if !owner_gone {
+            fds.push(PollFd::new(lifeline.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(err("poll")(e)),
+        }
+        let lifeline_ready = fds.get(1).and_then(|f| f.revents()).is_some_and(|r| {
+            r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+        });
+        let signal_ready = fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        if lifeline_ready {
+            // Nothing is ever written: readable means the writers are gone.
+            owner_gone = true;
+            let _ = kill(child, Signal::SIGKILL);
+        }
+        if signal_ready {
+            if let Some(info) = sfd.read_signal().map_err(err("read signalfd"))? {
+                if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                    on_signal(child, sig)?;
                 }
-            },
-            _ => {
-                let _ = kill(child, Signal::SIGKILL);
             }
         }
     }
@@ -556,13 +618,13 @@ fn reraise(sig: Signal) -> ! {
 
 const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
 
-fn is_overlay(fd: &std::os::fd::OwnedFd) -> bool {
+pub(super) fn is_overlay(fd: &std::os::fd::OwnedFd) -> bool {
     nix::sys::statfs::fstatfs(fd).is_ok_and(|s| s.filesystem_type().0 == OVERLAYFS_SUPER_MAGIC)
 }
 
 /// The layers of the overlay mounted at `mountpoint`, top first (its
 /// upper directory, then its lower ones), from /proc/self/mountinfo.
-fn overlay_layers(mountpoint: &Path) -> Result<Vec<std::path::PathBuf>, JailError> {
+pub(super) fn overlay_layers(mountpoint: &Path) -> Result<Vec<std::path::PathBuf>, JailError> {
     let info =
         std::fs::read_to_string("/proc/self/mountinfo").map_err(ioerr("cannot read mountinfo"))?;
     let want = mountpoint.to_string_lossy();

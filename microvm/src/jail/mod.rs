@@ -14,6 +14,7 @@
 //! before `execve`. The jailer stays as the VMM's parent, unprivileged,
 //! reaps it and exits with its status.
 
+pub mod attach;
 pub mod config;
 pub mod ids;
 pub mod jailer;
@@ -172,6 +173,10 @@ pub struct JailRequest {
     pub kvm: bool,
     /// How long the jailer has to say it started the program.
     pub start_deadline: std::time::Duration,
+    /// The read end of a lifeline pipe, kept by the jailer only: the VM
+    /// lives while a write end is open, wherever it went, rather than
+    /// dying with the jailer's parent (see [`Plan::lifeline`]).
+    pub lifeline: Option<RawFd>,
 }
 
 /// A running jail: the jailer process, parent of the jailed program.
@@ -190,10 +195,26 @@ pub struct JailResources {
     pub dir: PathBuf,
     pub first_id: u32,
     claim: Option<ids::IdClaim>,
+    /// Handed to another owner: dropping removes nothing.
+    disowned: bool,
+}
+
+impl JailResources {
+    /// Lets go of the jail without removing anything: its VM went to an
+    /// owner that releases it through the VM's record.
+    pub fn disown(mut self) {
+        self.disowned = true;
+        if let Some(c) = self.claim.take() {
+            c.disown();
+        }
+    }
 }
 
 impl Drop for JailResources {
     fn drop(&mut self) {
+        if self.disowned {
+            return;
+        }
         if let Err(e) = std::fs::remove_dir(&self.dir) {
             if e.kind() != io::ErrorKind::NotFound {
                 log::warn!("cannot remove jail {}: {e}", self.dir.display());
@@ -363,6 +384,7 @@ pub fn spawn(cfg: &JailConfig, req: &JailRequest) -> Result<Jailed, JailError> {
         dir: dir.clone(),
         first_id: claim.first,
         claim: Some(claim),
+        disowned: false,
     };
 
     let plan = Plan::build(cfg, req, &program, &system, &libs, &resources)?;
@@ -377,6 +399,7 @@ pub fn spawn(cfg: &JailConfig, req: &JailRequest) -> Result<Jailed, JailError> {
     if let Some(c) = &resources.claim {
         keep.push(c.fd());
     }
+    keep.extend(req.lifeline);
     crate::sys::prepare_child(&mut cmd, keep, req.cgroup_procs.clone());
     let mut child = cmd.spawn().map_err(|source| JailError::Spawn {
         path: jailer_path.clone(),

@@ -55,6 +55,11 @@ pub struct Plan {
     pub argv: Vec<String>,
     pub keep_fds: Vec<i32>,
     pub rlimits: Rlimits,
+    /// The read end of the owner's lifeline, instead of dying with the
+    /// parent: the jailer kills the program when every write end is closed
+    /// (a pooled VM, whose owner changes when it is leased).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifeline: Option<i32>,
 }
 
 /// The writable directory of the VM inside its jail (QMP socket).
@@ -173,6 +178,7 @@ impl Plan {
             argv,
             keep_fds: req.keep_fds.clone(),
             rlimits: cfg.rlimits,
+            lifeline: req.lifeline,
         })
     }
 
@@ -350,6 +356,7 @@ mod tests {
             cgroup_procs: vec![],
             kvm,
             start_deadline: std::time::Duration::from_secs(10),
+            lifeline: None,
         }
     }
 
@@ -363,6 +370,7 @@ mod tests {
             dir: "/run/mu2/jail/p1".into(),
             first_id: 100000,
             claim: None,
+            disowned: false,
         };
         let plan = Plan::build(&cfg, req, Path::new("/usr/bin/true"), &[], &[], &res)?;
         // Nothing to release: the directory was never made.
