@@ -44,8 +44,46 @@ pub fn check(guest_dir: Option<&Path>) -> bool {
         None => println!("host tsc: unknown (TCG guests calibrate it themselves)"),
     }
     ok &= check_templates();
+    ok &= check_pool();
     ok &= check_jail();
     ok
+}
+
+/// The pool's line: off, not serving (VMs restore or boot), or what it
+/// holds. Only a broken config fails: a host without a pool works.
+fn check_pool() -> bool {
+    use mu2_microvm::pool::{client, PoolConfig, PoolMode};
+    let cfg = match PoolConfig::load() {
+        Ok(c) => c,
+        Err(e) => {
+            println!("pool: {}", mu2_microvm::describe_error(&e));
+            return false;
+        }
+    };
+    let PoolMode::Use { socket, .. } = cfg.mode() else {
+        println!("pool: off (VMs restore from templates or boot)");
+        return true;
+    };
+    match client::status(&socket, std::time::Duration::from_secs(2)) {
+        Err(e) => println!(
+            "pool: none serves {} ({e}): VMs restore from templates or boot; start `mu2 pool serve` (or the mu2-pool unit)",
+            socket.display()
+        ),
+        Ok(s) => {
+            let warm: u32 = s.shapes.iter().map(|sh| sh.warm).sum();
+            let target: u32 = s.shapes.iter().map(|sh| sh.target).sum();
+            println!(
+                "pool: pid {} serves {} ({warm} of {target} warm VMs in {} shapes; {} of {} MiB; {} leases)",
+                s.pid,
+                socket.display(),
+                s.shapes.len(),
+                s.warm_mib,
+                s.budget_mib,
+                s.leases
+            );
+        }
+    }
+    true
 }
 
 /// The templates' line: off, or the directory, how many verify and how

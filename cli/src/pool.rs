@@ -60,6 +60,7 @@ pub fn serve(
         owner: Owner::this_process(OwnerKind::Pool),
         templates: host.templates,
         pool: mu2_microvm::pool::PoolMode::Off,
+        owned_dir: None,
     };
     let pool = Pool::new(cfg, base)?;
     pool.serve()?;

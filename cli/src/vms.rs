@@ -94,6 +94,14 @@ pub fn gc(dry_run: bool, out: &mut impl Write) -> Result<(), VmsError> {
         dry_run,
     };
     let report = records()?.collect(&Filter::Abandoned, &opts);
+    if !dry_run {
+        // Opening the template store removes what builders that died left.
+        if let Ok(mu2_microvm::template::TemplateMode::Use { dir, .. }) =
+            mu2_microvm::template::TemplateMode::load()
+        {
+            let _ = mu2_microvm::template::Store::open(&dir);
+        }
+    }
     if report.entries.is_empty() {
         writeln!(out, "nothing to collect")?;
     }

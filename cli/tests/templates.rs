@@ -47,6 +47,8 @@ impl Templates {
             .env("MU2_CONFIG", &self.config)
             .env("MU2_LOG", "info")
             .env_remove("MU2_TEMPLATES")
+            // The template path itself, not a pool's lease.
+            .env("MU2_POOL", "off")
             .args(["run", "--id", &id])
             .arg(dir)
             .stdin(Stdio::piped())

@@ -66,6 +66,10 @@ pub struct VmSpec {
     pub templates: crate::template::TemplateMode,
     /// Whether the VM may be leased from the pool ([`crate::pool`]).
     pub pool: crate::pool::PoolMode,
+    /// A directory the VM makes and owns: created just after its record
+    /// names it, removed with the record (a pooled VM's share, see
+    /// [`crate::pool`]).
+    pub owned_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -172,6 +176,7 @@ pub(crate) mod tests {
             owner: Owner::this_process(crate::record::OwnerKind::Test),
             templates: crate::template::TemplateMode::Off,
             pool: crate::pool::PoolMode::Off,
+            owned_dir: None,
         }
     }
 

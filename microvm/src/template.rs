@@ -515,6 +515,7 @@ impl Store {
         tspec.id = format!("tpl-{}-{}", &key.as_str()[..12], std::process::id());
         tspec.templates = TemplateMode::Off;
         tspec.pool = crate::pool::PoolMode::Off;
+        tspec.owned_dir = None;
         tspec.shares = spec
             .shares
             .iter()

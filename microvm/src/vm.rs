@@ -483,6 +483,15 @@ impl Vm {
             id: id.clone(),
             source,
         })?;
+        if let Some(dir) = &spec.owned_dir {
+            // Named by the record first: whatever happens next, the
+            // collector finds it.
+            record.set_share_dir(dir);
+            crate::pool::make_share_dir(dir).map_err(|source| VmError::Channel {
+                id: id.clone(),
+                source,
+            })?;
+        }
         let cgroup = VmCgroup::create(&id, Limits::for_vm(spec.memory_mib, spec.vcpus)).map_err(
             |source| VmError::Cgroup {
                 id: id.clone(),
@@ -1312,10 +1321,6 @@ impl Vm {
         crate::identity::identify(&mut vm)?;
         vm.boot_time = started.elapsed();
         Ok(vm)
-    }
-
-    pub(crate) fn record_mut(&mut self) -> &mut RecordGuard {
-        &mut self.record
     }
 
     pub(crate) fn set_boot_time(&mut self, t: Duration) {

@@ -105,6 +105,7 @@ impl Plan {
             owner,
             templates: mu2_microvm::template::TemplateMode::Off,
             pool: mu2_microvm::pool::PoolMode::Off,
+            owned_dir: None,
         }
     }
 }

@@ -164,6 +164,9 @@ struct File {
     /// Read by [`crate::template`].
     #[serde(default)]
     templates: Option<toml::Table>,
+    /// Read by [`crate::pool`].
+    #[serde(default)]
+    pool: Option<toml::Table>,
     #[serde(default)]
     vms: VmsSection,
 }
@@ -205,7 +208,7 @@ impl JailMode {
             message,
         };
         let file: File = toml::from_str(text).map_err(|e| malformed(e.message().to_string()))?;
-        let _ = (file.timeouts, file.templates);
+        let _ = (file.timeouts, file.templates, file.pool);
         let j = file.jail;
         let record_dir = match file.vms.record_dir {
             Some(p) if !p.is_absolute() => {

@@ -406,17 +406,13 @@ impl Pool {
         let mut st = self.lock();
         let pos = st.sets.iter().position(|s| &s.key == shape);
         let Some(pos) = pos else {
-            let same_guest = {
-                let k = super::client::shape_key(&self.base);
-                k.is_some_and(|k| {
-                    k.kernel == shape.kernel
-                        && k.initrd == shape.initrd
-                        && k.qemu == shape.qemu
-                        && k.accel == shape.accel
-                        && k.tb_size_mib == shape.tb_size_mib
-                        && k.debug == shape.debug
-                })
-            };
+            let b = &self.base;
+            let same_guest = b.kernel == shape.kernel
+                && b.initrd == shape.initrd
+                && b.qemu == shape.qemu
+                && format!("{:?}", b.accel) == shape.accel
+                && b.tb_size_mib == shape.tb_size_mib
+                && b.debug == shape.debug;
             if self.cfg.learn && same_guest && st.sets.len() < MAX_SHAPES && !st.stopping {
                 let set = self.set_for(
                     Shape {
@@ -548,30 +544,21 @@ impl Pool {
         let n = self.next_id.fetch_add(1, Ordering::SeqCst);
         let id = format!("mu2p-{}-{n}", std::process::id());
         let share_dir = self.cfg.dir.join("vms").join(&id);
-        super::make_share_dir(&share_dir)
-            .map_err(|e| format!("cannot create {}: {e}", share_dir.display()))?;
         let mut spec = base.clone();
         spec.id = id.clone();
         spec.shares[0].host_path = share_dir.clone();
-        let made = self.restore_warm(&spec);
-        match made {
-            Ok(mut vm) => {
-                vm.record_mut().set_share_dir(&share_dir);
-                let tag = &spec.shares[0].tag;
-                Ok(WarmVm {
-                    vm,
-                    since: Instant::now(),
-                    share: ShareInfo {
-                        host: share_dir,
-                        jail: PathBuf::from(crate::spec::JAIL_SHARES).join(tag),
-                    },
-                })
-            }
-            Err(e) => {
-                let _ = super::remove_share_dir(&share_dir);
-                Err(e)
-            }
-        }
+        // Made by the launch once the record names it, removed with it.
+        spec.owned_dir = Some(share_dir.clone());
+        let vm = self.restore_warm(&spec)?;
+        let tag = &spec.shares[0].tag;
+        Ok(WarmVm {
+            vm,
+            since: Instant::now(),
+            share: ShareInfo {
+                host: share_dir,
+                jail: PathBuf::from(crate::spec::JAIL_SHARES).join(tag),
+            },
+        })
     }
 
     fn restore_warm(&self, spec: &VmSpec) -> Result<Vm, String> {

@@ -30,6 +30,7 @@ pub fn spec(id: &str, kernel: &Path, initrd: &Path, jail: JailMode) -> VmSpec {
         owner: Owner::this_process(OwnerKind::Test),
         templates: mu2_microvm::template::TemplateMode::Off,
         pool: mu2_microvm::pool::PoolMode::Off,
+        owned_dir: None,
     }
 }
 
