@@ -594,7 +594,8 @@ mod tests {
 
     #[test]
     fn invalid_heads_are_errors() {
-        let cases: &[(&[u8], fn(&CgiError) -> bool)] = &[
+        type Check = fn(&CgiError) -> bool;
+        let cases: &[(&[u8], Check)] = &[
             (b"hello world\n\n", |e| {
                 matches!(e, CgiError::NotAField { .. })
             }),
