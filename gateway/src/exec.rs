@@ -1,0 +1,580 @@
+//! One request in one fresh VM: launch, Run, Start, the body to stdin, the
+//! CGI response from stdout, Exit, the drain of the last bytes, and the VM
+//! gone — on every path.
+//!
+//! A request's VM lives in a thread of its own ([`run`]), which launches
+//! it (QEMU's parent-death signal follows that thread) and drops it before
+//! the thread ends, so the VM never outlives its request. The guest is
+//! driven as `mu2 run` drives it (cli/src/run.rs): the same messages in the
+//! same order, [`OutputRelay`]s with blocking I/O for stdout and stderr,
+//! the [`DrainWatch`] before `ExitAck`. What differs is where stdout goes:
+//! into a [`CgiSink`], which parses the header block and then streams the
+//! body to the HTTP side over a bounded channel, so a slow client stalls
+//! the guest instead of filling memory.
+//!
+//! Everything that ends a request early goes through its [`Cancel`]: the
+//! deadline (a watchdog thread), the client hanging up (the HTTP side drops
+//! its guard), a bad header block, SIGTERM's grace running out. The first
+//! reason is kept, the VM is killed through its [`KillHandle`], and every
+//! wait of the VM thread then ends because QEMU's channels close.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mu2_microvm::relay::{Drain, DrainWatch, OutputRelay};
+use mu2_microvm::vm::{describe_msg, ControlSender};
+use mu2_microvm::{AgentEvent, KillHandle, Vm, VmSpec};
+use mu2_protocol::{Exit, GuestMsg, HostMsg, Run};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cgi::{Head, HeadParser};
+use crate::metrics::Metrics;
+
+/// Body chunks queued between the VM's stdout and the client.
+pub const BODY_QUEUE: usize = 8;
+/// Longest stderr line logged whole.
+const MAX_LOG_LINE: usize = 4096;
+/// Most stderr bytes of one request that reach the log.
+const MAX_LOG_BYTES: usize = 64 * 1024;
+/// How often the drain of the last output bytes is looked at.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+/// How long a finished request's relays get to see QEMU's end.
+const RELAY_JOIN: Duration = Duration::from_secs(5);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why a request ended early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Its deadline passed (504).
+    Timeout,
+    /// The client hung up.
+    ClientGone,
+    /// The script's header block was not valid (502, already answered).
+    BadHead,
+    /// The gateway is shutting down and the grace period is over.
+    Shutdown,
+}
+
+#[derive(Default)]
+struct CancelState {
+    kill: Option<KillHandle>,
+    reason: Option<Reason>,
+    /// The VM thread is done: nothing left to kill.
+    done: bool,
+}
+
+/// Ends a request's VM from any thread, keeping the first reason.
+#[derive(Default)]
+pub struct Cancel {
+    state: Mutex<CancelState>,
+}
+
+impl Cancel {
+    /// Cancels with `why` unless already cancelled or done; kills the VM
+    /// if it runs.
+    pub fn cancel(&self, why: Reason) {
+        let mut s = lock(&self.state);
+        if s.done || s.reason.is_some() {
+            return;
+        }
+        s.reason = Some(why);
+        if let Some(k) = &s.kill {
+            k.kill();
+        }
+    }
+
+    pub fn reason(&self) -> Option<Reason> {
+        lock(&self.state).reason
+    }
+
+    /// Hands over the VM's kill handle; `false` (and the VM killed) if the
+    /// request was cancelled while the VM came up.
+    fn set_vm(&self, k: KillHandle) -> bool {
+        let mut s = lock(&self.state);
+        if s.reason.is_some() {
+            k.kill();
+            return false;
+        }
+        s.kill = Some(k);
+        true
+    }
+
+    fn done(&self) {
+        let mut s = lock(&self.state);
+        s.done = true;
+        s.kill = None;
+    }
+}
+
+/// Every request that has or may soon have a VM, for SIGTERM.
+#[derive(Default)]
+pub struct Registry {
+    jobs: Mutex<HashMap<String, Arc<Cancel>>>,
+}
+
+impl Registry {
+    fn add(&self, id: &str, c: Arc<Cancel>) {
+        lock(&self.jobs).insert(id.to_string(), c);
+    }
+
+    fn remove(&self, id: &str) {
+        lock(&self.jobs).remove(id);
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.jobs).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Cancels every request (their VMs are killed).
+    pub fn cancel_all(&self, why: Reason) {
+        for c in lock(&self.jobs).values() {
+            c.cancel(why);
+        }
+    }
+}
+
+/// How a request failed before its response head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The script's output is not a CGI response, or it could not run: 502.
+    BadGateway(String),
+    /// The deadline passed: 504.
+    Timeout,
+    /// No VM could be started: 503.
+    Unavailable(String),
+    /// The gateway is shutting down: 503.
+    Shutdown,
+    /// The client is gone: nobody to answer.
+    ClientGone,
+}
+
+/// The answer the HTTP side waits for.
+pub enum Outcome {
+    Head {
+        head: Head,
+        body: mpsc::Receiver<Bytes>,
+    },
+    Failed(Failure),
+}
+
+/// The one answer of a request: the first to give it wins.
+#[derive(Clone)]
+struct Responder(Arc<Mutex<Option<oneshot::Sender<Outcome>>>>);
+
+impl Responder {
+    /// Whether the answer was taken (not given before, and a client waits).
+    fn answer(&self, o: Outcome) -> bool {
+        match lock(&self.0).take() {
+            Some(tx) => tx.send(o).is_ok(),
+            None => false,
+        }
+    }
+
+    fn answered(&self) -> bool {
+        lock(&self.0).is_none()
+    }
+}
+
+/// The body channel of a response whose head went out; shared by the sink
+/// (which sends) and the VM thread (which ends it: dropping the last
+/// sender ends the body; [`BodyEnd`] tells a clean end from a cut one).
+type BodySender = Arc<Mutex<Option<mpsc::Sender<Bytes>>>>;
+
+/// How a streamed body ended, read by the HTTP side once its channel
+/// closes: a body not marked complete is cut (the client sees the
+/// connection fail rather than a short response that looks whole).
+#[derive(Default)]
+pub struct BodyEnd {
+    complete: std::sync::atomic::AtomicBool,
+}
+
+impl BodyEnd {
+    pub fn complete(&self) -> bool {
+        self.complete.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The VM's stdout: a CGI response, parsed, then streamed.
+struct CgiSink {
+    parser: Option<HeadParser>,
+    responder: Responder,
+    body: BodySender,
+    cancel: Arc<Cancel>,
+    request: String,
+}
+
+impl CgiSink {
+    fn send(&self, data: Bytes) -> io::Result<()> {
+        // A clone, so that the lock is not held while the client is slow.
+        let tx = lock(&self.body).clone();
+        let Some(tx) = tx else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        tx.blocking_send(data).map_err(|_| {
+            self.cancel.cancel(Reason::ClientGone);
+            io::Error::from(io::ErrorKind::BrokenPipe)
+        })
+    }
+}
+
+impl Write for CgiSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(parser) = self.parser.as_mut() else {
+            self.send(Bytes::copy_from_slice(buf))?;
+            return Ok(buf.len());
+        };
+        match parser.feed(buf) {
+            Ok(None) => Ok(buf.len()),
+            Ok(Some((head, rest))) => {
+                self.parser = None;
+                let (tx, rx) = mpsc::channel(BODY_QUEUE);
+                *lock(&self.body) = Some(tx);
+                if !self.responder.answer(Outcome::Head { head, body: rx }) {
+                    self.cancel.cancel(Reason::ClientGone);
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+                if !rest.is_empty() {
+                    self.send(Bytes::from(rest))?;
+                }
+                Ok(buf.len())
+            }
+            Err(e) => {
+                log::warn!("request {}: invalid CGI response: {e}", self.request);
+                self.parser = None;
+                self.responder
+                    .answer(Outcome::Failed(Failure::BadGateway(e.to_string())));
+                self.cancel.cancel(Reason::BadHead);
+                Err(io::Error::other(e))
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The VM's stderr, to the log line by line with the request's id.
+struct LogSink {
+    request: String,
+    line: Vec<u8>,
+    logged: usize,
+}
+
+impl LogSink {
+    fn emit(&mut self) {
+        if self.logged < MAX_LOG_BYTES {
+            let text = mu2_protocol::text::sanitize(&self.line, MAX_LOG_LINE);
+            log::info!("request {}: stderr: {text}", self.request);
+        } else if self.logged - self.line.len() < MAX_LOG_BYTES {
+            log::info!(
+                "request {}: stderr: more than {MAX_LOG_BYTES} bytes; the rest is not logged",
+                self.request
+            );
+        }
+        self.line.clear();
+    }
+}
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for &b in buf {
+            self.logged += 1;
+            if b == b'\n' {
+                self.emit();
+            } else if self.line.len() < MAX_LOG_LINE {
+                self.line.push(b);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogSink {
+    fn drop(&mut self) {
+        if !self.line.is_empty() {
+            self.emit();
+        }
+    }
+}
+
+/// One request for one VM.
+pub struct Job {
+    pub request: String,
+    pub spec: VmSpec,
+    pub run: Run,
+    pub deadline: Instant,
+    /// The request body, chunk by chunk (closed at its end); taken once.
+    pub body: Mutex<Option<mpsc::Receiver<Bytes>>>,
+    pub cancel: Arc<Cancel>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    /// Admission permits, released when the VM is gone.
+    pub permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Where the HTTP side waits for a job's answer.
+pub struct Handle {
+    pub outcome: oneshot::Receiver<Outcome>,
+    pub body_end: Arc<BodyEnd>,
+}
+
+/// Starts `job` in a thread of its own.
+pub fn spawn(job: Job) -> io::Result<Handle> {
+    let (tx, rx) = oneshot::channel();
+    let body_end = Arc::new(BodyEnd::default());
+    let end = Arc::clone(&body_end);
+    std::thread::Builder::new()
+        .name(format!("vm-{}", job.spec.id))
+        .spawn(move || run(job, Responder(Arc::new(Mutex::new(Some(tx)))), end))?;
+    Ok(Handle {
+        outcome: rx,
+        body_end,
+    })
+}
+
+/// What became of the VM.
+enum Ended {
+    /// The process exited and every byte of its output was delivered.
+    Exited(Exit),
+    Failed(Failure),
+}
+
+fn run(job: Job, responder: Responder, body_end: Arc<BodyEnd>) {
+    let id = job.spec.id.clone();
+    job.registry.add(&id, Arc::clone(&job.cancel));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = {
+        let cancel = Arc::clone(&job.cancel);
+        let wait = job.deadline.saturating_duration_since(Instant::now());
+        let request = job.request.clone();
+        std::thread::spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = done_rx.recv_timeout(wait) {
+                log::warn!("request {request}: deadline passed; killing its vm");
+                cancel.cancel(Reason::Timeout);
+            }
+        })
+    };
+    let body: BodySender = Arc::new(Mutex::new(None));
+    let t0 = Instant::now();
+    let ended = in_vm(&job, &responder, &body);
+    let failure = match ended {
+        Ended::Exited(exit) => {
+            if responder.answered() {
+                body_end
+                    .complete
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                log::info!(
+                    "request {}: vm {id} done in {} ms, exit status {}",
+                    job.request,
+                    t0.elapsed().as_millis(),
+                    exit.status
+                );
+                None
+            } else {
+                Some(Failure::BadGateway(format!(
+                    "the command exited (status {}) without a complete CGI header block",
+                    exit.status
+                )))
+            }
+        }
+        Ended::Failed(f) => Some(f),
+    };
+    if let Some(f) = failure {
+        // A cancel's reason says more than the VM's end it caused.
+        let f = match job.cancel.reason() {
+            Some(Reason::Timeout) => Failure::Timeout,
+            Some(Reason::ClientGone) => Failure::ClientGone,
+            Some(Reason::Shutdown) => Failure::Shutdown,
+            _ => f,
+        };
+        if let Failure::BadGateway(why) | Failure::Unavailable(why) = &f {
+            log::warn!("request {}: vm {id}: {why}", job.request);
+        }
+        responder.answer(Outcome::Failed(f));
+    }
+    // Ends the body: cleanly if marked complete above, else cut.
+    lock(&body).take();
+    job.cancel.done();
+    drop(done_tx);
+    let _ = watchdog.join();
+    job.registry.remove(&id);
+}
+
+/// Runs the job's VM to its end; the VM is gone when this returns.
+fn in_vm(job: &Job, responder: &Responder, body: &BodySender) -> Ended {
+    let mut vm = match Vm::launch(&job.spec) {
+        Ok(vm) => vm,
+        Err(e) => {
+            job.metrics.vm_failed();
+            return Ended::Failed(Failure::Unavailable(format!(
+                "cannot start a vm: {}",
+                mu2_microvm::describe_error(&e)
+            )));
+        }
+    };
+    job.metrics.vm_up(vm.restored());
+    let ended = drive(job, &mut vm, responder, body);
+    drop(vm);
+    job.metrics.vm_down();
+    ended
+}
+
+fn drive(job: &Job, vm: &mut Vm, responder: &Responder, body: &BodySender) -> Ended {
+    let vm_err = |e: mu2_microvm::VmError| {
+        Ended::Failed(Failure::BadGateway(mu2_microvm::describe_error(&e)))
+    };
+    if !job.cancel.set_vm(vm.kill_handle()) {
+        return Ended::Failed(Failure::ClientGone);
+    }
+    let Some(stdio) = vm.take_stdio() else {
+        return Ended::Failed(Failure::BadGateway("the vm has no stdio".into()));
+    };
+    // As in `mu2 run`: closing our end of the stdin port would make QEMU
+    // drop what it has not yet handed to the guest.
+    let Ok(_stdin_keepalive) = stdio.stdin.try_clone() else {
+        return Ended::Failed(Failure::BadGateway("cannot hold the stdin port".into()));
+    };
+    let sink = CgiSink {
+        parser: Some(HeadParser::new()),
+        responder: responder.clone(),
+        body: Arc::clone(body),
+        cancel: Arc::clone(&job.cancel),
+        request: job.request.clone(),
+    };
+    let log = LogSink {
+        request: job.request.clone(),
+        line: Vec::new(),
+        logged: 0,
+    };
+    let relays = OutputRelay::spawn("stdout", stdio.stdout, Some(sink), false).and_then(|out| {
+        OutputRelay::spawn("stderr", stdio.stderr, Some(log), false).map(|err| (out, err))
+    });
+    let Ok((out, err)) = relays else {
+        return Ended::Failed(Failure::BadGateway("cannot relay the vm's output".into()));
+    };
+    let ended = converse(job, vm, stdio.stdin, &out, &err).unwrap_or_else(vm_err);
+    if !matches!(ended, Ended::Exited(_)) {
+        vm.kill();
+    }
+    vm.finish(vm.deadlines().poweroff);
+    let _ = out.join(RELAY_JOIN);
+    let _ = err.join(RELAY_JOIN);
+    ended
+}
+
+/// Run, Start, stdin, Exit, drain.
+fn converse(
+    job: &Job,
+    vm: &mut Vm,
+    stdin: UnixStream,
+    out: &OutputRelay,
+    err: &OutputRelay,
+) -> Result<Ended, mu2_microvm::VmError> {
+    let sender = vm.sender();
+    sender.send(&HostMsg::Run(Box::new(job.run.clone())))?;
+    let prepared = vm.await_reply("Prepared after Run", |m| match m {
+        GuestMsg::Prepared { .. } => Ok(None),
+        GuestMsg::StartFailed { reason, message } => Ok(Some(format!("{reason:?}: {message}"))),
+        other => Err(other),
+    })?;
+    if let Some(why) = prepared {
+        let why = mu2_protocol::text::sanitize(why, MAX_LOG_LINE);
+        return Ok(Ended::Failed(Failure::BadGateway(format!(
+            "the command cannot start: {why}"
+        ))));
+    }
+    sender.send(&HostMsg::Start)?;
+    let started = vm.await_reply("Started after Start", |m| match m {
+        GuestMsg::Started { .. } => Ok(None),
+        GuestMsg::StartFailed { reason, message } => Ok(Some(format!("{reason:?}: {message}"))),
+        other => Err(other),
+    })?;
+    if let Some(why) = started {
+        let why = mu2_protocol::text::sanitize(why, MAX_LOG_LINE);
+        return Ok(Ended::Failed(Failure::BadGateway(format!(
+            "the command cannot start: {why}"
+        ))));
+    }
+    // Only after Start: the agent relays stdin once the process runs.
+    // The feeder ends with the body, or when the VM's port fails.
+    if let Some(body) = lock(&job.body).take() {
+        spawn_stdin(stdin, body, sender.clone());
+    }
+    // The watchdog bounds this wait; the margin only guards against a
+    // watchdog that could not kill.
+    let deadline = job.deadline + Duration::from_secs(5);
+    let exit = match vm.next_event(Some(deadline)) {
+        Some(AgentEvent::Msg(GuestMsg::Exit(e))) => e,
+        Some(AgentEvent::Msg(other)) => {
+            return Ok(Ended::Failed(Failure::BadGateway(format!(
+                "the agent sent {} while the command ran",
+                describe_msg(&other)
+            ))))
+        }
+        Some(AgentEvent::Closed) => {
+            return Ok(Ended::Failed(Failure::BadGateway(
+                "the vm ended before the command exited".into(),
+            )))
+        }
+        Some(AgentEvent::Broken(m)) => {
+            return Ok(Ended::Failed(Failure::BadGateway(format!(
+                "the agent broke the protocol: {m}"
+            ))))
+        }
+        None => return Ok(Ended::Failed(Failure::Timeout)),
+    };
+    let watch = DrainWatch::new(vec![exit.stdout_bytes, exit.stderr_bytes], vm.deadlines().drain);
+    loop {
+        match watch.poll(&[out, err], false) {
+            Drain::Pending => std::thread::sleep(DRAIN_POLL),
+            Drain::Complete => break,
+            Drain::Short { stream, got, want } => {
+                return Ok(Ended::Failed(Failure::BadGateway(format!(
+                    "the vm's {stream} was cut short: {got} of {want} bytes"
+                ))))
+            }
+        }
+    }
+    // A cancel that raced the drain (the client left): not a success.
+    if job.cancel.reason().is_some() {
+        return Ok(Ended::Failed(Failure::ClientGone));
+    }
+    sender.send(&HostMsg::ExitAck)?;
+    Ok(Ended::Exited(exit))
+}
+
+/// Writes the body to the VM's stdin, then says how much it was.
+fn spawn_stdin(
+    mut stdin: UnixStream,
+    mut body: mpsc::Receiver<Bytes>,
+    sender: ControlSender,
+) {
+    std::thread::spawn(move || {
+        let mut total: u64 = 0;
+        while let Some(chunk) = body.blocking_recv() {
+            if stdin.write_all(&chunk).is_err() {
+                // The VM is gone or the process will not read more.
+                return;
+            }
+            total += chunk.len() as u64;
+        }
+        let _ = sender.send(&HostMsg::StdinClose { total_bytes: total });
+    });
+}
