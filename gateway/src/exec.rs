@@ -404,8 +404,22 @@ fn run(job: Job, responder: Responder, body_end: Arc<BodyEnd>) {
             Some(Reason::Shutdown) => Failure::Shutdown,
             _ => f,
         };
-        if let Failure::BadGateway(why) | Failure::Unavailable(why) = &f {
-            log::warn!("request {}: vm {id}: {why}", job.request);
+        match &f {
+            Failure::BadGateway(why) | Failure::Unavailable(why) => {
+                log::warn!("request {}: vm {id}: {why}", job.request)
+            }
+            Failure::ClientGone => log::info!(
+                "request {}: the client went away; vm {id} was killed",
+                job.request
+            ),
+            Failure::Timeout => log::info!(
+                "request {}: vm {id} ran past its deadline and was killed",
+                job.request
+            ),
+            Failure::Shutdown => log::info!(
+                "request {}: vm {id} was killed at the end of the grace period",
+                job.request
+            ),
         }
         responder.answer(Outcome::Failed(f));
     }
@@ -540,7 +554,10 @@ fn converse(
         }
         None => return Ok(Ended::Failed(Failure::Timeout)),
     };
-    let watch = DrainWatch::new(vec![exit.stdout_bytes, exit.stderr_bytes], vm.deadlines().drain);
+    let watch = DrainWatch::new(
+        vec![exit.stdout_bytes, exit.stderr_bytes],
+        vm.deadlines().drain,
+    );
     loop {
         match watch.poll(&[out, err], false) {
             Drain::Pending => std::thread::sleep(DRAIN_POLL),
@@ -561,11 +578,7 @@ fn converse(
 }
 
 /// Writes the body to the VM's stdin, then says how much it was.
-fn spawn_stdin(
-    mut stdin: UnixStream,
-    mut body: mpsc::Receiver<Bytes>,
-    sender: ControlSender,
-) {
+fn spawn_stdin(mut stdin: UnixStream, mut body: mpsc::Receiver<Bytes>, sender: ControlSender) {
     std::thread::spawn(move || {
         let mut total: u64 = 0;
         while let Some(chunk) = body.blocking_recv() {

@@ -271,11 +271,21 @@ mod tests {
         assert_eq!(plan.memory_mib, 64 + mu2_oci::GUEST_OVERHEAD_MIB);
         assert!(plan.shares[0].readonly);
         // The route's command and user win.
-        let s = spec(&route(Some(vec!["/cgi"]), Some("www:web"), None), r.path(), &cfg).unwrap();
+        let s = spec(
+            &route(Some(vec!["/cgi"]), Some("www:web"), None),
+            r.path(),
+            &cfg,
+        )
+        .unwrap();
         let p = s.process().as_ref().unwrap();
         assert_eq!(p.args().as_deref().unwrap(), ["/cgi"]);
         assert_eq!((p.user().uid(), p.user().gid()), (33, 50));
-        let s = spec(&route(Some(vec!["/cgi"]), Some("7:8"), None), r.path(), &cfg).unwrap();
+        let s = spec(
+            &route(Some(vec!["/cgi"]), Some("7:8"), None),
+            r.path(),
+            &cfg,
+        )
+        .unwrap();
         let u = s.process().as_ref().unwrap().user().clone();
         assert_eq!((u.uid(), u.gid()), (7, 8));
     }
@@ -285,8 +295,12 @@ mod tests {
         let r = rootfs();
         let e = spec(&route(None, None, None), r.path(), &RunConfig::default()).unwrap_err();
         assert!(matches!(e, ImageError::NoCommand { line: 7, .. }), "{e}");
-        let e = spec(&route(Some(vec!["/x"]), Some("nobody"), None), r.path(), &RunConfig::default())
-            .unwrap_err();
+        let e = spec(
+            &route(Some(vec!["/x"]), Some("nobody"), None),
+            r.path(),
+            &RunConfig::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("nobody"), "{e}");
         let mut c = route(None, None, None);
         c.image = ImageRef::Containerd {

@@ -11,7 +11,11 @@ use mu2_gateway::server::{Gateway, VmOptions};
 use mu2_microvm::AccelChoice;
 
 #[derive(Parser)]
-#[command(name = "mu2-gateway", version, about = "the µ²service dispatcher: a fresh microVM for every HTTP request (CGI/1.1)")]
+#[command(
+    name = "mu2-gateway",
+    version,
+    about = "the µ²service dispatcher: a fresh microVM for every HTTP request (CGI/1.1)"
+)]
 struct Args {
     /// The gateway's configuration (TOML): listen, [[route]], [containerd].
     #[arg(long)]
@@ -59,9 +63,10 @@ fn main() -> anyhow::Result<()> {
         log::info!("listening on http://{bound}");
         let shutdown = async {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) =
-                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-            else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 log::error!("cannot handle SIGTERM and SIGINT");
                 return std::future::pending().await;
             };

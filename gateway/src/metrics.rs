@@ -14,7 +14,8 @@ use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds: a restored VM answers
 /// in tenths of a second, a cold TCG boot in seconds.
-pub const LATENCY_BUCKETS: [f64; 11] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+pub const LATENCY_BUCKETS: [f64; 11] =
+    [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
 #[derive(Debug, Default, Clone)]
 struct Histogram {
@@ -94,7 +95,11 @@ impl Metrics {
     /// A VM came up (`restored`: from a template).
     pub fn vm_up(&self, restored: bool) {
         self.vms_running.fetch_add(1, Ordering::SeqCst);
-        let c = if restored { &self.restores } else { &self.boots };
+        let c = if restored {
+            &self.restores
+        } else {
+            &self.boots
+        };
         c.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -118,7 +123,10 @@ impl Metrics {
     /// The text of `/metrics`.
     pub fn render(&self) -> String {
         let mut o = String::new();
-        let _ = writeln!(o, "# HELP mu2_gateway_requests_total Responses by route and status.");
+        let _ = writeln!(
+            o,
+            "# HELP mu2_gateway_requests_total Responses by route and status."
+        );
         let _ = writeln!(o, "# TYPE mu2_gateway_requests_total counter");
         for ((route, status), n) in lock(&self.requests).iter() {
             let _ = writeln!(
@@ -127,7 +135,10 @@ impl Metrics {
                 escape(route)
             );
         }
-        let _ = writeln!(o, "# HELP mu2_gateway_request_duration_seconds Time from a request to its response head.");
+        let _ = writeln!(
+            o,
+            "# HELP mu2_gateway_request_duration_seconds Time from a request to its response head."
+        );
         let _ = writeln!(o, "# TYPE mu2_gateway_request_duration_seconds histogram");
         for (route, h) in lock(&self.latency).iter() {
             let r = escape(route);
@@ -142,10 +153,21 @@ impl Metrics {
                 "mu2_gateway_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}",
                 h.count
             );
-            let _ = writeln!(o, "mu2_gateway_request_duration_seconds_sum{{route=\"{r}\"}} {}", h.sum);
-            let _ = writeln!(o, "mu2_gateway_request_duration_seconds_count{{route=\"{r}\"}} {}", h.count);
+            let _ = writeln!(
+                o,
+                "mu2_gateway_request_duration_seconds_sum{{route=\"{r}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                o,
+                "mu2_gateway_request_duration_seconds_count{{route=\"{r}\"}} {}",
+                h.count
+            );
         }
-        let _ = writeln!(o, "# HELP mu2_gateway_rejections_total Requests refused before a VM started, by reason.");
+        let _ = writeln!(
+            o,
+            "# HELP mu2_gateway_rejections_total Requests refused before a VM started, by reason."
+        );
         let _ = writeln!(o, "# TYPE mu2_gateway_rejections_total counter");
         for ((route, why), n) in lock(&self.rejections).iter() {
             let _ = writeln!(
@@ -156,19 +178,52 @@ impl Metrics {
             );
         }
         for (name, help, kind, value) in [
-            ("mu2_gateway_vms_running", "VMs running a request.", "gauge", self.vms_running.load(Ordering::SeqCst)),
-            ("mu2_gateway_vms_warm", "VMs booted ahead, waiting for a request.", "gauge", 0),
-            ("mu2_gateway_requests_in_flight", "Requests being answered.", "gauge", self.in_flight.load(Ordering::SeqCst)),
+            (
+                "mu2_gateway_vms_running",
+                "VMs running a request.",
+                "gauge",
+                self.vms_running.load(Ordering::SeqCst),
+            ),
+            (
+                "mu2_gateway_vms_warm",
+                "VMs booted ahead, waiting for a request.",
+                "gauge",
+                0,
+            ),
+            (
+                "mu2_gateway_requests_in_flight",
+                "Requests being answered.",
+                "gauge",
+                self.in_flight.load(Ordering::SeqCst),
+            ),
         ] {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         }
         let _ = writeln!(o, "# HELP mu2_gateway_vm_starts_total VMs started, by how: a cold boot or a restore from a template.");
         let _ = writeln!(o, "# TYPE mu2_gateway_vm_starts_total counter");
-        let _ = writeln!(o, "mu2_gateway_vm_starts_total{{how=\"boot\"}} {}", self.boots.load(Ordering::SeqCst));
-        let _ = writeln!(o, "mu2_gateway_vm_starts_total{{how=\"restore\"}} {}", self.restores.load(Ordering::SeqCst));
-        let _ = writeln!(o, "# HELP mu2_gateway_vm_start_failures_total VMs that could not be started.");
+        let _ = writeln!(
+            o,
+            "mu2_gateway_vm_starts_total{{how=\"boot\"}} {}",
+            self.boots.load(Ordering::SeqCst)
+        );
+        let _ = writeln!(
+            o,
+            "mu2_gateway_vm_starts_total{{how=\"restore\"}} {}",
+            self.restores.load(Ordering::SeqCst)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP mu2_gateway_vm_start_failures_total VMs that could not be started."
+        );
         let _ = writeln!(o, "# TYPE mu2_gateway_vm_start_failures_total counter");
-        let _ = writeln!(o, "mu2_gateway_vm_start_failures_total {}", self.vm_failures.load(Ordering::SeqCst));
+        let _ = writeln!(
+            o,
+            "mu2_gateway_vm_start_failures_total {}",
+            self.vm_failures.load(Ordering::SeqCst)
+        );
         o
     }
 }
@@ -188,12 +243,23 @@ mod tests {
         m.vm_up(true);
         m.vm_down();
         let t = m.render();
-        assert!(t.contains("mu2_gateway_requests_total{route=\"/a\",status=\"200\"} 2\n"), "{t}");
+        assert!(
+            t.contains("mu2_gateway_requests_total{route=\"/a\",status=\"200\"} 2\n"),
+            "{t}"
+        );
         assert!(t.contains("mu2_gateway_requests_total{route=\"/a\",status=\"504\"} 1\n"));
-        assert!(t.contains("mu2_gateway_request_duration_seconds_bucket{route=\"/a\",le=\"0.25\"} 0\n"));
-        assert!(t.contains("mu2_gateway_request_duration_seconds_bucket{route=\"/a\",le=\"0.5\"} 1\n"));
-        assert!(t.contains("mu2_gateway_request_duration_seconds_bucket{route=\"/a\",le=\"5\"} 2\n"));
-        assert!(t.contains("mu2_gateway_request_duration_seconds_bucket{route=\"/a\",le=\"+Inf\"} 3\n"));
+        assert!(
+            t.contains("mu2_gateway_request_duration_seconds_bucket{route=\"/a\",le=\"0.25\"} 0\n")
+        );
+        assert!(
+            t.contains("mu2_gateway_request_duration_seconds_bucket{route=\"/a\",le=\"0.5\"} 1\n")
+        );
+        assert!(
+            t.contains("mu2_gateway_request_duration_seconds_bucket{route=\"/a\",le=\"5\"} 2\n")
+        );
+        assert!(
+            t.contains("mu2_gateway_request_duration_seconds_bucket{route=\"/a\",le=\"+Inf\"} 3\n")
+        );
         assert!(t.contains("mu2_gateway_request_duration_seconds_count{route=\"/a\"} 3\n"));
         assert!(t.contains("mu2_gateway_rejections_total{route=\"/a\",reason=\"queue_full\"} 1\n"));
         assert!(t.contains("mu2_gateway_vms_running 1\n"));

@@ -419,8 +419,7 @@ impl Gateway {
                     return Err(Rejection::QueueFull);
                 }
                 let _place = QueuePlace(&rs.queued);
-                match tokio::time::timeout_at(deadline, Arc::clone(&rs.slots).acquire_owned())
-                    .await
+                match tokio::time::timeout_at(deadline, Arc::clone(&rs.slots).acquire_owned()).await
                 {
                     Ok(Ok(p)) => p,
                     _ => return Err(Rejection::QueueTimeout),
@@ -433,8 +432,11 @@ impl Gateway {
             let p = match Arc::clone(budget).try_acquire_many_owned(mib) {
                 Ok(p) => p,
                 Err(_) => {
-                    match tokio::time::timeout_at(deadline, Arc::clone(budget).acquire_many_owned(mib))
-                        .await
+                    match tokio::time::timeout_at(
+                        deadline,
+                        Arc::clone(budget).acquire_many_owned(mib),
+                    )
+                    .await
                     {
                         Ok(Ok(p)) => p,
                         _ => return Err(Rejection::QueueTimeout),
@@ -580,7 +582,11 @@ impl Gateway {
             Err(e) => {
                 guard.disarm();
                 log::error!("request {request}: cannot start a thread: {e}");
-                return failure(StatusCode::SERVICE_UNAVAILABLE, "cannot start a vm", request);
+                return failure(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot start a vm",
+                    request,
+                );
             }
         };
         let outcome = handle.outcome.await;
@@ -599,9 +605,11 @@ impl Gateway {
                         &format!("the command ran past its {:?} deadline", route.timeout),
                         request,
                     ),
-                    Failure::Unavailable(_) => {
-                        failure(StatusCode::SERVICE_UNAVAILABLE, "cannot start a vm", request)
-                    }
+                    Failure::Unavailable(_) => failure(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "cannot start a vm",
+                        request,
+                    ),
                     Failure::Shutdown => failure(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "the gateway is shutting down",

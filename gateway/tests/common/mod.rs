@@ -55,6 +55,10 @@ case "$PATH_INFO" in
 /sleep)
     sleep 600
     ;;
+/nap)
+    sleep 3
+    printf 'Content-Type: text/plain\n\nrested\n'
+    ;;
 /crash)
     echo 'not a header' >&2
     kill -SEGV $$
@@ -212,7 +216,10 @@ pub fn start(rootfs: &Path, top: &str, routes: &str) -> Gateway {
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the gateway did not listen within {START_DEADLINE:?}: {:?}", log.lock().unwrap());
+            panic!(
+                "the gateway did not listen within {START_DEADLINE:?}: {:?}",
+                log.lock().unwrap()
+            );
         }
     };
     let vm_prefix = format!("gw-{}-", child.id());
@@ -371,7 +378,8 @@ pub fn send_head(
     headers: &[(&str, &str)],
     length: Option<usize>,
 ) {
-    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n");
+    let mut head =
+        format!("{method} {target} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -383,7 +391,9 @@ pub fn send_head(
 }
 
 /// Reads a response head from `s`: status and headers.
-pub fn read_head(r: &mut BufReader<&mut TcpStream>) -> Result<(u16, Vec<(String, String)>), String> {
+pub fn read_head(
+    r: &mut BufReader<&mut TcpStream>,
+) -> Result<(u16, Vec<(String, String)>), String> {
     let mut line = String::new();
     r.read_line(&mut line).map_err(|e| e.to_string())?;
     let status = line
@@ -399,7 +409,9 @@ pub fn read_head(r: &mut BufReader<&mut TcpStream>) -> Result<(u16, Vec<(String,
         if l.is_empty() {
             break;
         }
-        let (k, v) = l.split_once(':').ok_or_else(|| format!("bad header {l:?}"))?;
+        let (k, v) = l
+            .split_once(':')
+            .ok_or_else(|| format!("bad header {l:?}"))?;
         headers.push((k.trim().to_string(), v.trim().to_string()));
     }
     Ok((status, headers))
