@@ -333,20 +333,189 @@ pub struct Job {
 pub struct Handle {
     pub outcome: oneshot::Receiver<Outcome>,
     pub body_end: Arc<BodyEnd>,
+    /// The id of the VM that runs the job.
+    pub vm: String,
 }
 
-/// Starts `job` in a thread of its own.
-pub fn spawn(job: Job) -> io::Result<Handle> {
+/// A job with the two ends its thread answers through.
+struct Assigned {
+    job: Job,
+    responder: Responder,
+    body_end: Arc<BodyEnd>,
+}
+
+fn assign(job: Job, vm: String) -> (Assigned, Handle) {
     let (tx, rx) = oneshot::channel();
     let body_end = Arc::new(BodyEnd::default());
-    let end = Arc::clone(&body_end);
-    std::thread::Builder::new()
-        .name(format!("vm-{}", job.spec.id))
-        .spawn(move || run(job, Responder(Arc::new(Mutex::new(Some(tx)))), end))?;
-    Ok(Handle {
+    let handle = Handle {
         outcome: rx,
+        body_end: Arc::clone(&body_end),
+        vm,
+    };
+    let a = Assigned {
+        job,
+        responder: Responder(Arc::new(Mutex::new(Some(tx)))),
         body_end,
-    })
+    };
+    (a, handle)
+}
+
+/// Starts `job` in a thread of its own, which launches its VM.
+pub fn spawn(job: Job) -> io::Result<Handle> {
+    let (a, handle) = assign(job, String::new());
+    let id = a.job.spec.id.clone();
+    std::thread::Builder::new()
+        .name(format!("vm-{id}"))
+        .spawn(move || run(a, None))?;
+    Ok(Handle { vm: id, ..handle })
+}
+
+/// Makes the spec of a route's VMs, given an id.
+pub type SpecMaker = Arc<dyn Fn(String) -> VmSpec + Send + Sync>;
+
+/// A warm VM waiting for its job.
+struct Idle {
+    id: String,
+    jobs: std::sync::mpsc::SyncSender<Assigned>,
+}
+
+/// A route's warm set: VMs booted (or restored) ahead, each held by a
+/// keeper thread that runs the one job it is given in it, then launches
+/// the next. A keeper is the thread its VM was launched from and lives as
+/// long as the VM, as QEMU's parent-death signal wants.
+pub struct Warm {
+    idle: Mutex<std::collections::VecDeque<Idle>>,
+    closed: std::sync::atomic::AtomicBool,
+    keepers: std::sync::atomic::AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+/// Longest pause between failed launches of a keeper.
+const WARM_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl Warm {
+    /// Starts `n` keepers for VMs made by `make`, ids `PREFIX<n>`.
+    pub fn start(n: usize, prefix: String, make: SpecMaker, metrics: Arc<Metrics>) -> Arc<Warm> {
+        let warm = Arc::new(Warm {
+            idle: Mutex::new(std::collections::VecDeque::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            keepers: std::sync::atomic::AtomicUsize::new(0),
+            metrics,
+        });
+        let serial = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        for k in 0..n {
+            let (w, make, prefix, serial) = (
+                Arc::clone(&warm),
+                Arc::clone(&make),
+                prefix.clone(),
+                Arc::clone(&serial),
+            );
+            w.keepers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let spawned = std::thread::Builder::new()
+                .name(format!("warm-{prefix}{k}"))
+                .spawn(move || {
+                    w.keep(&make, &prefix, &serial);
+                    w.keepers.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot start a warm vm keeper: {e}");
+                warm.keepers
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        warm
+    }
+
+    fn closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn keep(&self, make: &SpecMaker, prefix: &str, serial: &std::sync::atomic::AtomicU64) {
+        let mut backoff = Duration::from_millis(500);
+        while !self.closed() {
+            let n = serial.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let spec = make(format!("{prefix}{n}"));
+            let mut vm = match Vm::launch(&spec) {
+                Ok(vm) => vm,
+                Err(e) => {
+                    self.metrics.vm_failed();
+                    log::warn!(
+                        "warm vm {}: cannot start: {}; again in {backoff:?}",
+                        spec.id,
+                        mu2_microvm::describe_error(&e)
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(WARM_BACKOFF_MAX);
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(500);
+            self.metrics.vm_started(vm.restored());
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            {
+                let mut idle = lock(&self.idle);
+                if self.closed() {
+                    return;
+                }
+                idle.push_back(Idle {
+                    id: spec.id.clone(),
+                    jobs: tx,
+                });
+                self.metrics.warm(1);
+            }
+            let Ok(a) = rx.recv() else {
+                // Closed (shutdown): the VM goes with this thread.
+                return;
+            };
+            // A VM that died while it waited is replaced by a launch of
+            // the job's own.
+            match vm.next_event(Some(Instant::now())) {
+                None => run(a, Some(vm)),
+                Some(e) => {
+                    log::warn!(
+                        "warm vm {}: gone while idle ({e:?}); the request launches its own",
+                        spec.id
+                    );
+                    drop(vm);
+                    run(a, None);
+                }
+            }
+        }
+    }
+
+    /// Gives `job` to an idle warm VM, if there is one; else gives it back.
+    pub fn dispatch(&self, job: Job) -> Result<Handle, Box<Job>> {
+        let mut job = job;
+        loop {
+            let Some(idle) = lock(&self.idle).pop_front() else {
+                return Err(Box::new(job));
+            };
+            self.metrics.warm(-1);
+            let (a, handle) = assign(job, idle.id.clone());
+            match idle.jobs.send(a) {
+                Ok(()) => {
+                    return Ok(Handle {
+                        vm: idle.id,
+                        ..handle
+                    })
+                }
+                // Its keeper is gone: try the next.
+                Err(std::sync::mpsc::SendError(a)) => job = a.job,
+            }
+        }
+    }
+
+    /// Stops refilling and lets the idle VMs go.
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let idle: Vec<Idle> = lock(&self.idle).drain(..).collect();
+        self.metrics.warm(-(idle.len() as i64));
+    }
+
+    /// Keepers still running (each may hold a VM).
+    pub fn keepers(&self) -> usize {
+        self.keepers.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// What became of the VM.
@@ -356,8 +525,17 @@ enum Ended {
     Failed(Failure),
 }
 
-fn run(job: Job, responder: Responder, body_end: Arc<BodyEnd>) {
-    let id = job.spec.id.clone();
+/// Runs an assigned job in `vm`, or in a VM of its own launched here.
+fn run(a: Assigned, vm: Option<Vm>) {
+    let Assigned {
+        job,
+        responder,
+        body_end,
+    } = a;
+    let id = vm
+        .as_ref()
+        .map(|v| v.id().to_string())
+        .unwrap_or_else(|| job.spec.id.clone());
     job.registry.add(&id, Arc::clone(&job.cancel));
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let watchdog = {
@@ -373,7 +551,7 @@ fn run(job: Job, responder: Responder, body_end: Arc<BodyEnd>) {
     };
     let body: BodySender = Arc::new(Mutex::new(None));
     let t0 = Instant::now();
-    let ended = in_vm(&job, &responder, &body);
+    let ended = in_vm(&job, vm, &responder, &body);
     let failure = match ended {
         Ended::Exited(exit) => {
             if responder.answered() {
@@ -432,21 +610,27 @@ fn run(job: Job, responder: Responder, body_end: Arc<BodyEnd>) {
 }
 
 /// Runs the job's VM to its end; the VM is gone when this returns.
-fn in_vm(job: &Job, responder: &Responder, body: &BodySender) -> Ended {
-    let mut vm = match Vm::launch(&job.spec) {
-        Ok(vm) => vm,
-        Err(e) => {
-            job.metrics.vm_failed();
-            return Ended::Failed(Failure::Unavailable(format!(
-                "cannot start a vm: {}",
-                mu2_microvm::describe_error(&e)
-            )));
-        }
+fn in_vm(job: &Job, vm: Option<Vm>, responder: &Responder, body: &BodySender) -> Ended {
+    let mut vm = match vm {
+        Some(vm) => vm,
+        None => match Vm::launch(&job.spec) {
+            Ok(vm) => {
+                job.metrics.vm_started(vm.restored());
+                vm
+            }
+            Err(e) => {
+                job.metrics.vm_failed();
+                return Ended::Failed(Failure::Unavailable(format!(
+                    "cannot start a vm: {}",
+                    mu2_microvm::describe_error(&e)
+                )));
+            }
+        },
     };
-    job.metrics.vm_up(vm.restored());
+    job.metrics.running(1);
     let ended = drive(job, &mut vm, responder, body);
     drop(vm);
-    job.metrics.vm_down();
+    job.metrics.running(-1);
     ended
 }
 

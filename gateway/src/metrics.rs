@@ -50,6 +50,7 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<String, Histogram>>,
     rejections: Mutex<BTreeMap<(String, Rejection), u64>>,
     vms_running: AtomicI64,
+    vms_warm: AtomicI64,
     boots: AtomicU64,
     restores: AtomicU64,
     vm_failures: AtomicU64,
@@ -93,8 +94,7 @@ impl Metrics {
     }
 
     /// A VM came up (`restored`: from a template).
-    pub fn vm_up(&self, restored: bool) {
-        self.vms_running.fetch_add(1, Ordering::SeqCst);
+    pub fn vm_started(&self, restored: bool) {
         let c = if restored {
             &self.restores
         } else {
@@ -103,8 +103,14 @@ impl Metrics {
         c.fetch_add(1, Ordering::SeqCst);
     }
 
-    pub fn vm_down(&self) {
-        self.vms_running.fetch_sub(1, Ordering::SeqCst);
+    /// VMs running a request: `delta` more.
+    pub fn running(&self, delta: i64) {
+        self.vms_running.fetch_add(delta, Ordering::SeqCst);
+    }
+
+    /// VMs booted ahead and idle: `delta` more.
+    pub fn warm(&self, delta: i64) {
+        self.vms_warm.fetch_add(delta, Ordering::SeqCst);
     }
 
     /// A VM that could not be started.
@@ -188,7 +194,7 @@ impl Metrics {
                 "mu2_gateway_vms_warm",
                 "VMs booted ahead, waiting for a request.",
                 "gauge",
-                0,
+                self.vms_warm.load(Ordering::SeqCst),
             ),
             (
                 "mu2_gateway_requests_in_flight",
@@ -239,9 +245,11 @@ mod tests {
         m.request("/a", 200, Duration::from_secs(3));
         m.request("/a", 504, Duration::from_secs(10));
         m.rejected("/a", Rejection::QueueFull);
-        m.vm_up(false);
-        m.vm_up(true);
-        m.vm_down();
+        m.vm_started(false);
+        m.vm_started(true);
+        m.running(2);
+        m.running(-1);
+        m.warm(3);
         let t = m.render();
         assert!(
             t.contains("mu2_gateway_requests_total{route=\"/a\",status=\"200\"} 2\n"),
@@ -263,6 +271,7 @@ mod tests {
         assert!(t.contains("mu2_gateway_request_duration_seconds_count{route=\"/a\"} 3\n"));
         assert!(t.contains("mu2_gateway_rejections_total{route=\"/a\",reason=\"queue_full\"} 1\n"));
         assert!(t.contains("mu2_gateway_vms_running 1\n"));
+        assert!(t.contains("mu2_gateway_vms_warm 3\n"));
         assert!(t.contains("mu2_gateway_vm_starts_total{how=\"boot\"} 1\n"));
         assert!(t.contains("mu2_gateway_vm_starts_total{how=\"restore\"} 1\n"));
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");

@@ -100,15 +100,15 @@ struct RouteState {
     plan: RoutePlan,
     slots: Arc<Semaphore>,
     queued: AtomicUsize,
+    specs: exec::SpecMaker,
+    /// The route's warm set, once serving started (`warm` > 0).
+    warm: std::sync::OnceLock<Arc<exec::Warm>>,
 }
 
 /// The gateway: its routes, ready, and what every request shares.
 pub struct Gateway {
     config: Config,
     routes: Vec<RouteState>,
-    guest: GuestImage,
-    host: mu2_microvm::config::HostConfig,
-    vm: VmOptions,
     /// Guest memory left for new VMs, in MiB.
     budget: Option<Arc<Semaphore>>,
     metrics: Arc<Metrics>,
@@ -250,18 +250,30 @@ impl Gateway {
                 plan.rootfs.display(),
                 plan.plan.memory_mib
             );
-            if route.warm > 0 {
-                log::warn!(
-                    "route {}: warm = {} is not implemented yet: every request boots (or restores) its vm",
-                    route.path,
-                    route.warm
-                );
-            }
+            let specs: exec::SpecMaker = {
+                let (plan, guest, vm, host) =
+                    (plan.plan.clone(), guest.clone(), vm.clone(), host.clone());
+                Arc::new(move |id: String| {
+                    let mut spec = plan.vm_spec(
+                        id,
+                        &guest,
+                        vm.qemu.clone(),
+                        vm.accel,
+                        host.jail.clone(),
+                        host.deadlines,
+                        Owner::this_process(OwnerKind::Gateway),
+                    );
+                    spec.templates = host.templates.clone();
+                    spec
+                })
+            };
             routes.push(RouteState {
                 slots: Arc::new(Semaphore::new(route.concurrency)),
                 route: route.clone(),
                 plan,
                 queued: AtomicUsize::new(0),
+                specs,
+                warm: std::sync::OnceLock::new(),
             });
         }
         let budget = budget_mib.map(|b| {
@@ -272,9 +284,6 @@ impl Gateway {
         Ok(Gateway {
             config,
             routes,
-            guest,
-            host,
-            vm,
             budget,
             metrics: Arc::new(Metrics::default()),
             registry: Arc::new(Registry::default()),
@@ -300,6 +309,18 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        for (i, rs) in self.routes.iter().enumerate() {
+            if rs.route.warm > 0 {
+                let prefix = format!("gw-{}-w{i}-", std::process::id());
+                let w = exec::Warm::start(
+                    rs.route.warm,
+                    prefix,
+                    Arc::clone(&rs.specs),
+                    Arc::clone(&self.metrics),
+                );
+                let _ = rs.warm.set(w);
+            }
+        }
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
@@ -335,6 +356,10 @@ impl Gateway {
         }
         drop(listener);
         self.draining.store(true, Ordering::SeqCst);
+        let warm: Vec<&Arc<exec::Warm>> = self.routes.iter().filter_map(|r| r.warm.get()).collect();
+        for w in &warm {
+            w.close();
+        }
         log::info!(
             "draining: {} request(s) in flight, grace {:?}",
             self.registry.len(),
@@ -348,11 +373,12 @@ impl Gateway {
             }
         }
         let end = Instant::now() + REAP_WAIT;
-        while !self.registry.is_empty() && Instant::now() < end {
+        let left = || self.registry.len() + warm.iter().map(|w| w.keepers()).sum::<usize>();
+        while left() > 0 && Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if !self.registry.is_empty() {
-            log::warn!("{} vm thread(s) still running at exit", self.registry.len());
+        if left() > 0 {
+            log::warn!("{} vm thread(s) still running at exit", left());
         }
     }
 
@@ -534,17 +560,7 @@ impl Gateway {
         };
         let mut run = rs.plan.plan.run.clone();
         run.process.env = crate::cgi::environment(&run.process.env, &route.env, &meta);
-        let vm_id = format!("gw-{request}");
-        let mut spec = rs.plan.plan.vm_spec(
-            vm_id.clone(),
-            &self.guest,
-            self.vm.qemu.clone(),
-            self.vm.accel,
-            self.host.jail.clone(),
-            self.host.deadlines,
-            Owner::this_process(OwnerKind::Gateway),
-        );
-        spec.templates = self.host.templates.clone();
+        let spec = (rs.specs)(format!("gw-{request}"));
         let (body_tx, body_rx) = mpsc::channel::<Bytes>(exec::BODY_QUEUE);
         match whole {
             Some(b) => {
@@ -567,7 +583,7 @@ impl Gateway {
         }
         let cancel = Arc::new(Cancel::default());
         let mut guard = ClientGuard(Some(Arc::clone(&cancel)));
-        let handle = match exec::spawn(Job {
+        let job = Job {
             request: request.to_string(),
             spec,
             run,
@@ -577,7 +593,12 @@ impl Gateway {
             metrics: Arc::clone(&self.metrics),
             registry: Arc::clone(&self.registry),
             permits,
-        }) {
+        };
+        let dispatched = match rs.warm.get() {
+            Some(w) => w.dispatch(job),
+            None => Err(Box::new(job)),
+        };
+        let handle = match dispatched.or_else(|job| exec::spawn(*job)) {
             Ok(h) => h,
             Err(e) => {
                 guard.disarm();
@@ -624,6 +645,7 @@ impl Gateway {
                 return failure(StatusCode::BAD_GATEWAY, "the vm thread ended", request);
             }
         };
+        let handle_vm = handle.vm.clone();
         let mut resp = Response::new(GwBody::Stream {
             rx,
             end: handle.body_end,
@@ -631,7 +653,7 @@ impl Gateway {
         });
         *resp.status_mut() = head.status;
         *resp.headers_mut() = head.headers;
-        if let Ok(v) = HeaderValue::from_str(&vm_id) {
+        if let Ok(v) = HeaderValue::from_str(&handle_vm) {
             resp.headers_mut().insert(VM_HEADER, v);
         }
         if parts.method == Method::HEAD {

@@ -375,3 +375,116 @@ fn sigterm_kills_what_outlives_the_grace_period() {
     }
     gw.assert_no_vms();
 }
+
+/// Polls `/metrics` until `line` is in it.
+fn await_metric(gw: &Gateway, line: &str) {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        if get(gw.addr, "/metrics").text().contains(line) {
+            return;
+        }
+        assert!(Instant::now() < end, "no {line:?} in /metrics");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn warm_vms_serve_one_request_each_and_refill() {
+    let _s = serial();
+    let Some(rootfs) = busybox_rootfs() else {
+        return;
+    };
+    let routes = r#"
+[[route]]
+path = "/warm"
+image = "IMAGE"
+command = ["/bin/sh", "/cgi/app"]
+timeout = "60s"
+concurrency = 1
+warm = 1
+"#;
+    let mut gw = start(&rootfs, "", routes);
+    let warm_prefix = format!("{}w0-", gw.vm_prefix);
+    await_metric(&gw, "mu2_gateway_vms_warm 1\n");
+    let a = get(gw.addr, "/warm/random");
+    assert_eq!(a.status, 200, "{}", a.text());
+    let vm_a = a.header("x-mu2-vm").unwrap().to_string();
+    assert!(vm_a.starts_with(&warm_prefix), "{vm_a}");
+    // The set refills behind it: the next request gets another warm VM.
+    await_metric(&gw, "mu2_gateway_vms_warm 1\n");
+    let b = get(gw.addr, "/warm/write");
+    assert_eq!((b.status, b.text().as_str()), (200, "fresh\n"));
+    let vm_b = b.header("x-mu2-vm").unwrap().to_string();
+    assert!(vm_b.starts_with(&warm_prefix), "{vm_b}");
+    assert_ne!(vm_a, vm_b);
+    await_metric(&gw, "mu2_gateway_vms_warm 1\n");
+    assert_eq!(vms_running(&gw.vm_prefix), 1, "the warm VM");
+    // SIGTERM takes the idle warm VM too.
+    assert!(gw.terminate(Duration::from_secs(60)).success());
+    gw.assert_no_vms();
+}
+
+#[test]
+fn the_memory_budget_bounds_vms_across_routes() {
+    let _s = serial();
+    let Some(rootfs) = busybox_rootfs() else {
+        return;
+    };
+    // One default guest (256 MiB) fits, two do not.
+    let routes = r#"
+[[route]]
+path = "/a"
+image = "IMAGE"
+command = ["/bin/sh", "/cgi/app"]
+queue_timeout = "1s"
+
+[[route]]
+path = "/b"
+image = "IMAGE"
+command = ["/bin/sh", "/cgi/app"]
+queue_timeout = "1s"
+"#;
+    let gw = start(&rootfs, "memory_budget = \"300M\"", routes);
+    let addr = gw.addr;
+    let busy = std::thread::spawn(move || get(addr, "/a/nap"));
+    await_vms(&gw, 1);
+    let r = get(gw.addr, "/b/env");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(busy.join().unwrap().status, 200);
+    assert_eq!(get(gw.addr, "/b/env").status, 200);
+    let m = get(gw.addr, "/metrics").text();
+    assert!(
+        m.contains("mu2_gateway_rejections_total{route=\"/b\",reason=\"queue_timeout\"} 1"),
+        "{m}"
+    );
+    gw.assert_no_vms();
+}
+
+#[test]
+fn keep_alive_requests_each_get_their_own_vm() {
+    let _s = serial();
+    let Some(rootfs) = busybox_rootfs() else {
+        return;
+    };
+    let gw = start(&rootfs, "", ROUTE);
+    // curl reuses one connection for both.
+    let url = format!("http://{}/cgi/random", gw.addr);
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "120", &url, &url])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_ne!(lines[0], lines[1]);
+    // HEAD: the head only.
+    let r = request(gw.addr, "HEAD", "/cgi/status", &[], b"");
+    assert_eq!(r.status, 201);
+    gw.assert_no_vms();
+}
