@@ -551,7 +551,7 @@ fn run(a: Assigned, vm: Option<Vm>) {
     };
     let body: BodySender = Arc::new(Mutex::new(None));
     let t0 = Instant::now();
-    let ended = in_vm(&job, vm, &responder, &body);
+    let ended = in_vm(&job, vm, &responder, &body, &body_end);
     let failure = match ended {
         Ended::Exited(exit) => {
             if responder.answered() {
@@ -610,7 +610,13 @@ fn run(a: Assigned, vm: Option<Vm>) {
 }
 
 /// Runs the job's VM to its end; the VM is gone when this returns.
-fn in_vm(job: &Job, vm: Option<Vm>, responder: &Responder, body: &BodySender) -> Ended {
+fn in_vm(
+    job: &Job,
+    vm: Option<Vm>,
+    responder: &Responder,
+    body: &BodySender,
+    end: &BodyEnd,
+) -> Ended {
     let mut vm = match vm {
         Some(vm) => vm,
         None => match Vm::launch(&job.spec) {
@@ -628,13 +634,13 @@ fn in_vm(job: &Job, vm: Option<Vm>, responder: &Responder, body: &BodySender) ->
         },
     };
     job.metrics.running(1);
-    let ended = drive(job, &mut vm, responder, body);
+    let ended = drive(job, &mut vm, responder, body, end);
     drop(vm);
     job.metrics.running(-1);
     ended
 }
 
-fn drive(job: &Job, vm: &mut Vm, responder: &Responder, body: &BodySender) -> Ended {
+fn drive(job: &Job, vm: &mut Vm, responder: &Responder, body: &BodySender, end: &BodyEnd) -> Ended {
     let vm_err = |e: mu2_microvm::VmError| {
         Ended::Failed(Failure::BadGateway(mu2_microvm::describe_error(&e)))
     };
@@ -668,6 +674,13 @@ fn drive(job: &Job, vm: &mut Vm, responder: &Responder, body: &BodySender) -> En
         return Ended::Failed(Failure::BadGateway("cannot relay the vm's output".into()));
     };
     let ended = converse(job, vm, stdio.stdin, &out, &err).unwrap_or_else(vm_err);
+    if matches!(ended, Ended::Exited(_)) && responder.answered() {
+        // Every byte is with the client: the response ends now, not after
+        // the VM's teardown.
+        end.complete
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        lock(body).take();
+    }
     if !matches!(ended, Ended::Exited(_)) {
         vm.kill();
     }
