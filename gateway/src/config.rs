@@ -169,8 +169,14 @@ pub struct Config {
     /// The sum of guest memory of the VMs running at once, in bytes.
     pub memory_budget: Option<u64>,
     pub routes: Vec<Route>,
-    pub containerd_address: Option<PathBuf>,
+    /// containerd's socket, for `containerd:REF` images.
+    pub containerd_address: PathBuf,
+    /// The containerd namespace those images are in.
+    pub containerd_namespace: String,
 }
+
+/// The containerd namespace images are read from unless configured.
+pub const DEFAULT_CONTAINERD_NAMESPACE: &str = "default";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +194,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawContainerd {
     address: Option<Spanned<PathBuf>>,
+    namespace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,12 +346,29 @@ impl Config {
             Some(m) => Some(cx.size("memory_budget", m)?),
             None => None,
         };
-        let containerd_address = match raw.containerd.and_then(|c| c.address) {
+        let (address, namespace) = match raw.containerd {
+            Some(c) => (c.address, c.namespace),
+            None => (None, None),
+        };
+        let containerd_address = match address {
             Some(a) if !a.get_ref().is_absolute() => {
                 return Err(cx.err(a.span(), "containerd.address: must be an absolute path"))
             }
-            Some(a) => Some(a.into_inner()),
-            None => None,
+            Some(a) => a.into_inner(),
+            None => PathBuf::from(crate::containerd::DEFAULT_ADDRESS),
+        };
+        let containerd_namespace = match namespace {
+            Some(n)
+                if n.get_ref().is_empty()
+                    || !n
+                        .get_ref()
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+            {
+                return Err(cx.err(n.span(), "containerd.namespace: not a namespace name"))
+            }
+            Some(n) => n.into_inner(),
+            None => DEFAULT_CONTAINERD_NAMESPACE.to_string(),
         };
         if raw.route.is_empty() {
             return Err(ConfigError::Invalid {
@@ -372,6 +396,7 @@ impl Config {
             memory_budget,
             routes,
             containerd_address,
+            containerd_namespace,
         })
     }
 
@@ -527,7 +552,8 @@ grace = "5s"
 memory_budget = "2G"
 
 [containerd]
-address = "/run/containerd/containerd.sock"
+address = "/run/ctd.sock"
+namespace = "gw"
 
 [[route]]
 path = "/hello"
@@ -555,10 +581,8 @@ image = "containerd:docker.io/library/busybox:latest"
         assert_eq!(c.cache_dir, PathBuf::from("/tmp/cache"));
         assert_eq!(c.grace, Duration::from_secs(5));
         assert_eq!(c.memory_budget, Some(2 << 30));
-        assert_eq!(
-            c.containerd_address.as_deref(),
-            Some(Path::new("/run/containerd/containerd.sock"))
-        );
+        assert_eq!(c.containerd_address, Path::new("/run/ctd.sock"));
+        assert_eq!(c.containerd_namespace, "gw");
         let r = &c.routes[0];
         assert_eq!(r.path, "/hello");
         assert_eq!(
@@ -583,7 +607,7 @@ image = "containerd:docker.io/library/busybox:latest"
         assert_eq!(r.max_body, 1 << 20);
         assert_eq!((r.warm, r.concurrency, r.queue), (2, 4, 3));
         assert_eq!(r.queue_timeout, Duration::from_millis(500));
-        assert_eq!(r.line, 10);
+        assert_eq!(r.line, 11);
         let d = &c.routes[1];
         assert_eq!(
             d.image,
@@ -604,6 +628,11 @@ image = "containerd:docker.io/library/busybox:latest"
         assert_eq!(c.cache_dir, PathBuf::from(DEFAULT_CACHE_DIR));
         assert_eq!(c.grace, DEFAULT_GRACE);
         assert_eq!(c.memory_budget, None);
+        assert_eq!(
+            c.containerd_address,
+            Path::new(crate::containerd::DEFAULT_ADDRESS)
+        );
+        assert_eq!(c.containerd_namespace, DEFAULT_CONTAINERD_NAMESPACE);
         assert_eq!(
             c.routes[0].image,
             ImageRef::Layout {

@@ -9,8 +9,8 @@
 //! its VM), the memory limit sizes the guest, and anything a VM would
 //! refuse is refused here, at start-up, not on the first request.
 //!
-//! `containerd:REF` images are not supported yet: they are refused at
-//! start-up with an error saying so.
+//! `containerd:REF` images are exported from containerd's content store
+//! into an OCI layout first ([`crate::containerd`]).
 
 use std::path::{Path, PathBuf};
 
@@ -34,11 +34,13 @@ pub enum ImageError {
         #[source]
         source: LayoutError,
     },
-    #[error("route {route} (line {line}): containerd images (containerd:{reference}) are not yet supported; export it as an OCI layout (ctr image export, skopeo copy) and use oci:DIR:TAG")]
+    #[error("route {route} (line {line}): cannot read image containerd:{reference}")]
     Containerd {
         route: String,
         line: usize,
         reference: String,
+        #[source]
+        source: Box<crate::containerd::ContainerdError>,
     },
     #[error("route {route} (line {line}): no command: the route sets none and the image has no Entrypoint or Cmd")]
     NoCommand { route: String, line: usize },
@@ -67,6 +69,11 @@ pub struct RoutePlan {
     /// The VM's shape and the agent's Run, with the image's environment;
     /// each request adds the route's and CGI's.
     pub plan: Plan,
+}
+
+fn create_dir(d: &Path) -> std::io::Result<&Path> {
+    std::fs::create_dir_all(d)?;
+    Ok(d)
 }
 
 /// A numeric id, or a name looked up in the `file` (passwd or group
@@ -174,27 +181,73 @@ fn spec(
     })
 }
 
+/// Where `containerd:REF` images are read from.
+#[derive(Debug, Clone)]
+pub struct ContainerdSource<'a> {
+    pub address: &'a Path,
+    pub namespace: &'a str,
+}
+
 /// Loads (unpacking once, under `cache`) the route's image and maps its
 /// process.
-pub fn prepare(route: &Route, cache: &Path) -> Result<RoutePlan, ImageError> {
+pub fn prepare(
+    route: &Route,
+    cache: &Path,
+    containerd: &ContainerdSource<'_>,
+) -> Result<RoutePlan, ImageError> {
+    let exported;
     let (dir, tag) = match &route.image {
-        ImageRef::Layout { dir, tag } => (dir, tag),
+        ImageRef::Layout { dir, tag } => (dir.as_path(), tag.clone()),
         ImageRef::Containerd { reference } => {
-            return Err(ImageError::Containerd {
+            let err = |source| ImageError::Containerd {
                 route: route.path.clone(),
                 line: route.line,
                 reference: reference.clone(),
-            })
+                source: Box::new(source),
+            };
+            exported = tempfile::Builder::new()
+                .prefix(".containerd-")
+                .tempdir_in(create_dir(cache).map_err(|e| {
+                    err(crate::containerd::ContainerdError::Write {
+                        reference: reference.clone(),
+                        dir: cache.to_path_buf(),
+                        source: e,
+                    })
+                })?)
+                .map_err(|e| {
+                    err(crate::containerd::ContainerdError::Write {
+                        reference: reference.clone(),
+                        dir: cache.to_path_buf(),
+                        source: e,
+                    })
+                })?;
+            let cached = |digest: &str| {
+                digest
+                    .strip_prefix("sha256:")
+                    .is_some_and(|hex| cache.join(hex).join("rootfs").is_dir())
+            };
+            crate::containerd::export(
+                containerd.address,
+                containerd.namespace,
+                reference,
+                exported.path(),
+                &cached,
+            )
+            .map_err(err)?;
+            (exported.path(), Some(reference.clone()))
         }
     };
     let image = layout::open(dir, tag.as_deref(), cache).map_err(|source| ImageError::Layout {
         route: route.path.clone(),
         line: route.line,
-        image: format!(
-            "oci:{}{}",
-            dir.display(),
-            tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default()
-        ),
+        image: match &route.image {
+            ImageRef::Containerd { reference } => format!("containerd:{reference}"),
+            ImageRef::Layout { .. } => format!(
+                "oci:{}{}",
+                dir.display(),
+                tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default()
+            ),
+        },
         source,
     })?;
     let spec = spec(route, &image.rootfs, &image.config)?;
@@ -306,7 +359,13 @@ mod tests {
         c.image = ImageRef::Containerd {
             reference: "docker.io/x:1".into(),
         };
-        let e = prepare(&c, r.path()).unwrap_err();
-        assert!(e.to_string().contains("not yet supported"), "{e}");
+        let nowhere = ContainerdSource {
+            address: Path::new("/nonexistent/containerd.sock"),
+            namespace: "default",
+        };
+        let cache = tempfile::tempdir().unwrap();
+        let e = prepare(&c, cache.path(), &nowhere).unwrap_err();
+        let text = mu2_microvm::describe_error(&e);
+        assert!(text.contains("cannot connect to containerd"), "{text}");
     }
 }

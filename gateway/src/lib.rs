@@ -12,6 +12,7 @@
 
 pub mod cgi;
 pub mod config;
+pub mod containerd;
 pub mod exec;
 pub mod image;
 pub mod metrics;

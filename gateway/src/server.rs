@@ -223,7 +223,14 @@ impl Gateway {
         let budget_mib = config.memory_budget.map(|b| b >> 20);
         let mut routes = Vec::new();
         for route in &config.routes {
-            let plan = image::prepare(route, &config.cache_dir)?;
+            let plan = image::prepare(
+                route,
+                &config.cache_dir,
+                &image::ContainerdSource {
+                    address: &config.containerd_address,
+                    namespace: &config.containerd_namespace,
+                },
+            )?;
             if let Some(budget) = budget_mib {
                 if u64::from(plan.plan.memory_mib) > budget {
                     return Err(ServerError::Budget {

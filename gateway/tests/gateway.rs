@@ -287,13 +287,25 @@ fn overload_is_503_with_retry_after_then_recovers() {
     assert_eq!(r.header("retry-after"), Some("2"));
     let first = busy.join().unwrap();
     assert_eq!((first.status, first.text().as_str()), (200, "rested\n"));
-    let r = get(gw.addr, "/one/env");
-    assert_eq!(r.status, 200, "{}", r.text());
+    // Recovery: the slot frees once the first VM is gone (its teardown
+    // follows its response by a moment); until then 503 with Retry-After.
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut refused = 1;
+    loop {
+        let r = get(gw.addr, "/one/env");
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(r.header("retry-after").is_some());
+        refused += 1;
+        assert!(Instant::now() < end, "no recovery");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let m = get(gw.addr, "/metrics").text();
-    assert!(
-        m.contains("mu2_gateway_rejections_total{route=\"/one\",reason=\"queue_full\"} 1"),
-        "{m}"
-    );
+    let want =
+        format!("mu2_gateway_rejections_total{{route=\"/one\",reason=\"queue_full\"}} {refused}");
+    assert!(m.contains(&want), "{want}: {m}");
     gw.assert_no_vms();
 }
 
@@ -487,4 +499,51 @@ fn keep_alive_requests_each_get_their_own_vm() {
     let r = request(gw.addr, "HEAD", "/cgi/status", &[], b"");
     assert_eq!(r.status, 201);
     gw.assert_no_vms();
+}
+
+#[test]
+fn a_containerd_image_is_read_through_its_api() {
+    let _s = serial();
+    let Some(rootfs) = busybox_rootfs() else {
+        return;
+    };
+    let Some(ctd) = Containerd::start() else {
+        return;
+    };
+    ctd.import_test_image(&rootfs, "gwtest", "c1");
+    let top = format!(
+        "[containerd]\naddress = \"{}\"\nnamespace = \"gwtest\"\n",
+        ctd.sock().display()
+    );
+    let routes = format!(
+        "[[route]]\npath = \"/c\"\nimage = \"containerd:{CONTAINERD_REPO}:c1\"\ntimeout = \"60s\"\n"
+    );
+    // No command: the image's Cmd (/bin/sh /cgi/app).
+    let gw = start(&rootfs, &top, &routes);
+    let r = get(gw.addr, "/c/env");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(env_var(&r.text(), "FROM_IMAGE").as_deref(), Some("yes"));
+    gw.assert_no_vms();
+    drop(gw);
+    // An image containerd does not have: a start-up error naming it.
+    let routes =
+        format!("[[route]]\npath = \"/c\"\nimage = \"containerd:{CONTAINERD_REPO}:nope\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir = \"{}\"\n{top}{routes}",
+            dir.path().join("cache").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mu2-gateway"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope") && err.contains("(line 5)"), "{err}");
 }

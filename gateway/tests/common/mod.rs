@@ -77,6 +77,113 @@ case "$PATH_INFO" in
 esac
 "#;
 
+/// The name `ctr images import` gives the test image (with its tag).
+pub const CONTAINERD_REPO: &str = "docker.io/mu2/gateway-test";
+
+/// A private containerd on a socket of its own, root and state in a temp
+/// dir; stopped when dropped.
+pub struct Containerd {
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    /// `None` (after saying why) when containerd is not installed.
+    pub fn start() -> Option<Containerd> {
+        for bin in ["containerd", "ctr"] {
+            let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .any(|d| d.join(bin).is_file());
+            if !found {
+                eprintln!("skipping: {bin} is not installed");
+                return None;
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("mu2-gw-ctd-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n",
+            d.join("root").display(),
+            d.join("state").display(),
+            d.join("c.sock").display()
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let ctd = Containerd { child, dir };
+        let end = Instant::now() + Duration::from_secs(30);
+        while !ctd.ctr(&["version"]).status.success() {
+            assert!(Instant::now() < end, "containerd did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(ctd)
+    }
+
+    pub fn sock(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(self.sock())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+    }
+
+    /// Imports the test image (an OCI archive of [`write_image`]) into
+    /// `namespace`, tagged `tag`, without unpacking it to a snapshot.
+    pub fn import_test_image(&self, rootfs: &Path, namespace: &str, tag: &str) {
+        let layout = self.dir.path().join("layout");
+        std::fs::create_dir_all(&layout).unwrap();
+        write_image(&layout, rootfs, tag);
+        let archive = self.dir.path().join("image.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+        b.append_dir_all(".", &layout).unwrap();
+        b.into_inner().unwrap();
+        let out = self.ctr(&[
+            "-n",
+            namespace,
+            "images",
+            "import",
+            "--no-unpack",
+            archive.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "ctr import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// Holds the tests one at a time.
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -156,7 +263,8 @@ pub fn write_image(dir: &Path, rootfs: &Path, tag: &str) {
     let index = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
-            "annotations": {"org.opencontainers.image.ref.name": tag}}],
+            "annotations": {"org.opencontainers.image.ref.name": tag,
+                "io.containerd.image.name": format!("{CONTAINERD_REPO}:{tag}")}}],
     });
     std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
