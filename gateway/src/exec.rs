@@ -342,6 +342,8 @@ struct Assigned {
     job: Job,
     responder: Responder,
     body_end: Arc<BodyEnd>,
+    /// The VM's id, under which the job is registered.
+    id: String,
 }
 
 fn assign(job: Job, vm: String) -> (Assigned, Handle) {
@@ -350,24 +352,33 @@ fn assign(job: Job, vm: String) -> (Assigned, Handle) {
     let handle = Handle {
         outcome: rx,
         body_end: Arc::clone(&body_end),
-        vm,
+        vm: vm.clone(),
     };
     let a = Assigned {
         job,
         responder: Responder(Arc::new(Mutex::new(Some(tx)))),
         body_end,
+        id: vm,
     };
     (a, handle)
 }
 
 /// Starts `job` in a thread of its own, which launches its VM.
 pub fn spawn(job: Job) -> io::Result<Handle> {
-    let (a, handle) = assign(job, String::new());
-    let id = a.job.spec.id.clone();
-    std::thread::Builder::new()
+    let id = job.spec.id.clone();
+    let (a, handle) = assign(job, id.clone());
+    let registry = Arc::clone(&a.job.registry);
+    // Registered before the thread runs, so that SIGTERM's end of grace
+    // finds every request that may get a VM.
+    registry.add(&id, Arc::clone(&a.job.cancel));
+    let spawned = std::thread::Builder::new()
         .name(format!("vm-{id}"))
-        .spawn(move || run(a, None))?;
-    Ok(Handle { vm: id, ..handle })
+        .spawn(move || run(a, None));
+    if let Err(e) = spawned {
+        registry.remove(&id);
+        return Err(e);
+    }
+    Ok(handle)
 }
 
 /// Makes the spec of a route's VMs, given an id.
@@ -531,21 +542,22 @@ fn run(a: Assigned, vm: Option<Vm>) {
         job,
         responder,
         body_end,
+        id,
     } = a;
-    let id = vm
-        .as_ref()
-        .map(|v| v.id().to_string())
-        .unwrap_or_else(|| job.spec.id.clone());
-    job.registry.add(&id, Arc::clone(&job.cancel));
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let watchdog = {
         let cancel = Arc::clone(&job.cancel);
         let wait = job.deadline.saturating_duration_since(Instant::now());
         let request = job.request.clone();
+        let responder = responder.clone();
         std::thread::spawn(move || {
             if let Err(RecvTimeoutError::Timeout) = done_rx.recv_timeout(wait) {
                 log::warn!("request {request}: deadline passed; killing its vm");
                 cancel.cancel(Reason::Timeout);
+                // At once, even if the VM is still coming up (a launch is
+                // not interrupted); after the head it is a no-op and the
+                // body is cut instead.
+                responder.answer(Outcome::Failed(Failure::Timeout));
             }
         })
     };
