@@ -391,14 +391,20 @@ struct Idle {
 }
 
 /// A route's warm set: VMs booted (or restored) ahead, each held by a
-/// keeper thread that runs the one job it is given in it, then launches
-/// the next. A keeper is the thread its VM was launched from and lives as
-/// long as the VM, as QEMU's parent-death signal wants.
+/// keeper thread that runs the one job it is given in it. When its VM is
+/// taken, a keeper starts its replacement at once, so the set refills while
+/// the request runs: at most `warm` idle VMs plus the running ones. A
+/// keeper is the thread its VM was launched from and lives as long as the
+/// VM, as QEMU's parent-death signal wants.
 pub struct Warm {
     idle: Mutex<std::collections::VecDeque<Idle>>,
     closed: std::sync::atomic::AtomicBool,
     keepers: std::sync::atomic::AtomicUsize,
     metrics: Arc<Metrics>,
+    make: SpecMaker,
+    /// Ids of the VMs: this and a serial number.
+    prefix: String,
+    serial: std::sync::atomic::AtomicU64,
 }
 
 /// Longest pause between failed launches of a keeper.
@@ -412,42 +418,49 @@ impl Warm {
             closed: std::sync::atomic::AtomicBool::new(false),
             keepers: std::sync::atomic::AtomicUsize::new(0),
             metrics,
+            make,
+            prefix,
+            serial: std::sync::atomic::AtomicU64::new(0),
         });
-        let serial = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        for k in 0..n {
-            let (w, make, prefix, serial) = (
-                Arc::clone(&warm),
-                Arc::clone(&make),
-                prefix.clone(),
-                Arc::clone(&serial),
-            );
-            w.keepers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let spawned = std::thread::Builder::new()
-                .name(format!("warm-{prefix}{k}"))
-                .spawn(move || {
-                    w.keep(&make, &prefix, &serial);
-                    w.keepers.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                });
-            if let Err(e) = spawned {
-                log::warn!("cannot start a warm vm keeper: {e}");
-                warm.keepers
-                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            }
+        for _ in 0..n {
+            warm.spawn_keeper();
         }
         warm
+    }
+
+    /// A keeper: launches one VM, offers it, runs the job it is given.
+    fn spawn_keeper(self: &Arc<Self>) {
+        let w = Arc::clone(self);
+        w.keepers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let spawned = std::thread::Builder::new()
+            .name(format!("warm-{}", self.prefix))
+            .spawn(move || {
+                w.keep();
+                w.keepers.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start a warm vm keeper: {e}");
+            self.keepers
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     fn closed(&self) -> bool {
         self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn keep(&self, make: &SpecMaker, prefix: &str, serial: &std::sync::atomic::AtomicU64) {
+    fn keep(self: &Arc<Self>) {
         let mut backoff = Duration::from_millis(500);
-        while !self.closed() {
-            let n = serial.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let spec = make(format!("{prefix}{n}"));
-            let mut vm = match Vm::launch(&spec) {
-                Ok(vm) => vm,
+        let (mut vm, id) = loop {
+            if self.closed() {
+                return;
+            }
+            let n = self
+                .serial
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let spec = (self.make)(format!("{}{n}", self.prefix));
+            match Vm::launch(&spec) {
+                Ok(vm) => break (vm, spec.id),
                 Err(e) => {
                     self.metrics.vm_failed();
                     log::warn!(
@@ -457,39 +470,41 @@ impl Warm {
                     );
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(WARM_BACKOFF_MAX);
-                    continue;
                 }
-            };
-            backoff = Duration::from_millis(500);
-            self.metrics.vm_started(vm.restored());
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            {
-                let mut idle = lock(&self.idle);
-                if self.closed() {
-                    return;
-                }
-                idle.push_back(Idle {
-                    id: spec.id.clone(),
-                    jobs: tx,
-                });
-                self.metrics.warm(1);
             }
-            let Ok(a) = rx.recv() else {
-                // Closed (shutdown): the VM goes with this thread.
+        };
+        self.metrics.vm_started(vm.restored());
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut idle = lock(&self.idle);
+            if self.closed() {
                 return;
-            };
-            // A VM that died while it waited is replaced by a launch of
-            // the job's own.
-            match vm.next_event(Some(Instant::now())) {
-                None => run(a, Some(vm)),
-                Some(e) => {
-                    log::warn!(
-                        "warm vm {}: gone while idle ({e:?}); the request launches its own",
-                        spec.id
-                    );
-                    drop(vm);
-                    run(a, None);
-                }
+            }
+            idle.push_back(Idle {
+                id: id.clone(),
+                jobs: tx,
+            });
+            self.metrics.warm(1);
+        }
+        let Ok(a) = rx.recv() else {
+            // Closed (shutdown): the VM goes with this thread.
+            return;
+        };
+        // The replacement comes up while this VM serves its request.
+        if !self.closed() {
+            self.spawn_keeper();
+        }
+        // A VM that died while it waited is replaced by a launch of the
+        // job's own.
+        match vm.next_event(Some(Instant::now())) {
+            None => run(a, Some(vm)),
+            Some(e) => {
+                log::warn!("warm vm {id}: gone while idle ({e:?}); the request launches its own");
+                // Gone with its record: the id is free for the new VM.
+                drop(vm);
+                let mut a = a;
+                a.job.spec.id = a.id.clone();
+                run(a, None);
             }
         }
     }
@@ -711,6 +726,7 @@ fn converse(
     err: &OutputRelay,
 ) -> Result<Ended, mu2_microvm::VmError> {
     let sender = vm.sender();
+    let t_run = Instant::now();
     sender.send(&HostMsg::Run(Box::new(job.run.clone())))?;
     let prepared = vm.await_reply("Prepared after Run", |m| match m {
         GuestMsg::Prepared { .. } => Ok(None),
@@ -723,6 +739,7 @@ fn converse(
             "the command cannot start: {why}"
         ))));
     }
+    let t_start = Instant::now();
     sender.send(&HostMsg::Start)?;
     let started = vm.await_reply("Started after Start", |m| match m {
         GuestMsg::Started { .. } => Ok(None),
@@ -735,6 +752,7 @@ fn converse(
             "the command cannot start: {why}"
         ))));
     }
+    let t_started = Instant::now();
     // Only after Start: the agent relays stdin once the process runs.
     // The feeder ends with the body, or when the VM's port fails.
     if let Some(body) = lock(&job.body).take() {
@@ -763,6 +781,13 @@ fn converse(
         }
         None => return Ok(Ended::Failed(Failure::Timeout)),
     };
+    log::debug!(
+        "request {}: run to prepared {} ms, start to started {} ms, started to exit {} ms",
+        job.request,
+        (t_start - t_run).as_millis(),
+        (t_started - t_start).as_millis(),
+        t_started.elapsed().as_millis()
+    );
     let watch = DrainWatch::new(
         vec![exit.stdout_bytes, exit.stderr_bytes],
         vm.deadlines().drain,
