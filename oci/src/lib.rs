@@ -34,6 +34,7 @@ use mu2_microvm::spec::{Share, VmSpec, DEFAULT_TB_SIZE_MIB};
 
 mod error;
 pub mod hooks;
+pub mod layout;
 pub mod mounts;
 mod process;
 mod request;
