@@ -406,11 +406,17 @@ pub fn assert_no_vms(prefix: &str) {
     let end = Instant::now() + Duration::from_secs(15);
     loop {
         let procs = processes_with(&needle);
+        let owner = owner_pid(prefix);
+        // Its own VMs by their ids; leased ones (named by the pool) by
+        // their records' owner.
         let recs: Vec<String> = records
             .list()
             .into_iter()
+            .filter(|r| {
+                r.id.starts_with(prefix)
+                    || r.record.as_ref().is_ok_and(|r| Some(r.owner.pid) == owner)
+            })
             .map(|r| r.id)
-            .filter(|id| id.starts_with(prefix))
             .collect();
         if procs.is_empty() && recs.is_empty() {
             return;
@@ -423,11 +429,27 @@ pub fn assert_no_vms(prefix: &str) {
     }
 }
 
-/// The VMs of `prefix` running now.
+/// The gateway pid in a VM id prefix `gw-PID-`.
+fn owner_pid(prefix: &str) -> Option<u32> {
+    prefix
+        .strip_prefix("gw-")?
+        .trim_end_matches('-')
+        .parse()
+        .ok()
+}
+
+/// The VMs of the gateway of `prefix` running now: those whose record it
+/// owns with a live VMM (its own, and those it leased from a pool, which
+/// keep the pool's ids).
 pub fn vms_running(prefix: &str) -> usize {
-    processes_with(&format!("mu2-{prefix}"))
-        .iter()
-        .filter(|(_, cmd)| cmd.contains("qemu"))
+    let mode = mu2_microvm::jail::JailMode::load().expect("the mu2 configuration");
+    let records = mu2_microvm::record::RecordDir::for_mode(&mode);
+    let owner = owner_pid(prefix);
+    records
+        .list()
+        .into_iter()
+        .filter_map(|r| r.record.ok())
+        .filter(|r| (r.id.starts_with(prefix) || Some(r.owner.pid) == owner) && r.vmm_alive())
         .count()
 }
 
