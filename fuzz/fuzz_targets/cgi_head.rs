@@ -23,7 +23,13 @@ fuzz_target!(|data: &[u8]| {
             Ok(Some((head, body))) => {
                 let s = head.status.as_u16();
                 assert!((200..=599).contains(&s), "{s}");
-                for h in ["transfer-encoding", "connection", "keep-alive", "upgrade", "status"] {
+                for h in [
+                    "transfer-encoding",
+                    "connection",
+                    "keep-alive",
+                    "upgrade",
+                    "status",
+                ] {
                     assert!(!head.headers.contains_key(h), "{h}");
                 }
                 // The body's start: the tail of the piece that ended the head.
