@@ -17,6 +17,21 @@ struct Cli {
     command: Command,
 }
 
+/// Where a VM's guest, QEMU and accelerator come from (`run`, `template
+/// build`, `pool serve`).
+#[derive(clap::Args)]
+struct VmArgs {
+    /// Guest image directory (default: $MU2_GUEST_DIR or /usr/local/lib/mu2/guest).
+    #[arg(long)]
+    guest_dir: Option<PathBuf>,
+    /// auto, kvm or tcg (default: $MU2_ACCEL or auto).
+    #[arg(long, env = "MU2_ACCEL", default_value = "auto")]
+    accel: AccelChoice,
+    /// The QEMU binary.
+    #[arg(long, env = "MU2_QEMU", default_value = mu2_microvm::spec::DEFAULT_QEMU)]
+    qemu: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run config.json's process of BUNDLE in a fresh VM and exit with its status.
@@ -24,15 +39,8 @@ enum Command {
         /// Names the VM (QEMU's -name is mu2-ID); default: run-PID-NANOS.
         #[arg(long)]
         id: Option<String>,
-        /// Guest image directory (default: $MU2_GUEST_DIR or /usr/local/lib/mu2/guest).
-        #[arg(long)]
-        guest_dir: Option<PathBuf>,
-        /// auto, kvm or tcg (default: $MU2_ACCEL or auto).
-        #[arg(long, env = "MU2_ACCEL", default_value = "auto")]
-        accel: AccelChoice,
-        /// The QEMU binary.
-        #[arg(long, env = "MU2_QEMU", default_value = mu2_microvm::spec::DEFAULT_QEMU)]
-        qemu: PathBuf,
+        #[command(flatten)]
+        vm: VmArgs,
         /// Print boot and run times to stderr.
         #[arg(long)]
         timings: bool,
@@ -79,12 +87,8 @@ enum Command {
 enum TemplateAction {
     /// Build the template of the VM that `mu2 run BUNDLE` would start.
     Build {
-        #[arg(long)]
-        guest_dir: Option<PathBuf>,
-        #[arg(long, env = "MU2_ACCEL", default_value = "auto")]
-        accel: AccelChoice,
-        #[arg(long, env = "MU2_QEMU", default_value = mu2_microvm::spec::DEFAULT_QEMU)]
-        qemu: PathBuf,
+        #[command(flatten)]
+        vm: VmArgs,
         bundle: PathBuf,
     },
     /// List the templates, each verified.
@@ -97,12 +101,8 @@ enum TemplateAction {
 enum PoolAction {
     /// Keep warm VMs of the configured shapes and lease them until SIGTERM.
     Serve {
-        #[arg(long)]
-        guest_dir: Option<PathBuf>,
-        #[arg(long, env = "MU2_ACCEL", default_value = "auto")]
-        accel: AccelChoice,
-        #[arg(long, env = "MU2_QEMU", default_value = mu2_microvm::spec::DEFAULT_QEMU)]
-        qemu: PathBuf,
+        #[command(flatten)]
+        vm: VmArgs,
     },
     /// Warm VMs per shape, memory, hits, misses and refills.
     Status {
@@ -121,9 +121,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run {
             id,
-            guest_dir,
-            accel,
-            qemu,
+            vm:
+                VmArgs {
+                    guest_dir,
+                    accel,
+                    qemu,
+                },
             timings,
             debug,
             timeout,
@@ -183,11 +186,7 @@ fn pool_command(action: PoolAction) -> ExitCode {
     use mu2_cli::pool;
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("MU2_LOG", "info")).init();
     let r = match action {
-        PoolAction::Serve {
-            guest_dir,
-            accel,
-            qemu,
-        } => pool::serve(guest_dir.as_deref(), accel, qemu),
+        PoolAction::Serve { vm } => pool::serve(vm.guest_dir.as_deref(), vm.accel, vm.qemu),
         PoolAction::Status { prometheus } => {
             pool::status(prometheus, &mut std::io::stdout().lock())
         }
@@ -206,12 +205,9 @@ fn template_command(action: TemplateAction) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("MU2_LOG", "info")).init();
     let out = &mut std::io::stdout().lock();
     let r = match action {
-        TemplateAction::Build {
-            guest_dir,
-            accel,
-            qemu,
-            bundle,
-        } => template::build(&bundle, guest_dir.as_deref(), accel, qemu, out),
+        TemplateAction::Build { vm, bundle } => {
+            template::build(&bundle, vm.guest_dir.as_deref(), vm.accel, vm.qemu, out)
+        }
         TemplateAction::List => template::list(out),
         TemplateAction::Rm => template::remove_all(out),
     };

@@ -254,6 +254,9 @@ fn leased_vms_answer_and_are_strangers_with_the_hosts_clock() {
         .status()
         .unwrap();
     std::fs::write(root.join("etc/mu2-test-image"), "the request's image\n").unwrap();
+    // Both leases at once on a busy host (both cores spinning), with the
+    // pool refilling behind them.
+    let hogs = CpuHogs::start(2);
     let runs: Vec<(u64, Output, u64)> = std::thread::scope(|s| {
         let hs: Vec<_> = ["one", "two"]
             .iter()
@@ -276,6 +279,7 @@ fn leased_vms_answer_and_are_strangers_with_the_hosts_clock() {
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    drop(hogs);
     let mut seen = Vec::new();
     for (before, out, after) in &runs {
         assert!(out.stderr_str().contains(LEASED), "{}", out.stderr_str());

@@ -231,19 +231,7 @@ fn a_damaged_template_is_skipped_with_a_log_line_and_rebuilt() {
 fn concurrent_first_requests_build_one_template_under_load() {
     let Some(base) = setup() else { return };
     let t = Templates::new();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hogs: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                }
-                x
-            })
-        })
-        .collect();
+    let hogs = CpuHogs::start(2);
     let outs: Vec<(usize, Output)> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..4)
             .map(|n| {
@@ -256,10 +244,7 @@ fn concurrent_first_requests_build_one_template_under_load() {
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for h in hogs {
-        let _ = h.join();
-    }
+    drop(hogs);
     let mut builds = 0;
     for (n, out) in &outs {
         assert_eq!(ok(out), format!("{n}\n"));

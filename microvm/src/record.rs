@@ -1235,11 +1235,6 @@ impl RecordGuard {
         self.done = true;
     }
 
-    /// The directory the record lives in.
-    pub fn dir(&self) -> &RecordDir {
-        &self.dir
-    }
-
     /// Removes the record, once the VMM is gone and its owner has released
     /// its cgroups, jail and uid claim; whatever is left is removed here,
     /// and if something must stay (a VMM that still runs, a cgroup that

@@ -287,11 +287,7 @@ enum Vmm {
     /// A VM leased from a pool: the jailer is the pool's child. We hold
     /// pidfds of the jailer and QEMU, and the lifeline: closing it makes
     /// the jailer kill QEMU.
-    Leased {
-        jailer_pid: u32,
-        jailer: OwnedFd,
-        _lifeline: OwnedFd,
-    },
+    Leased { jailer: OwnedFd, _lifeline: OwnedFd },
     /// Handed over to a lease.
     None,
 }
@@ -345,14 +341,6 @@ impl Vmm {
                 crate::sys::pidfd_wait_exit(jailer.as_fd(), JAILER_GRACE);
                 None
             }
-            Vmm::None => None,
-        }
-    }
-
-    fn jailer_pid(&self) -> Option<u32> {
-        match self {
-            Vmm::Child(c) => Some(c.id()),
-            Vmm::Leased { jailer_pid, .. } => Some(*jailer_pid),
             Vmm::None => None,
         }
     }
@@ -1275,7 +1263,6 @@ impl Vm {
         let mut vm = Vm {
             id: id.clone(),
             vmm: Vmm::Leased {
-                jailer_pid: info.jailer_pid,
                 jailer: fds.jailer,
                 _lifeline: fds.lifeline,
             },
@@ -1325,16 +1312,6 @@ impl Vm {
 
     pub(crate) fn set_boot_time(&mut self, t: Duration) {
         self.boot_time = t;
-    }
-
-    /// Whether the VM was leased from a pool.
-    pub fn leased(&self) -> bool {
-        matches!(self.vmm, Vmm::Leased { .. })
-    }
-
-    /// The jailer's pid (jailed VMs).
-    pub fn jailer_pid(&self) -> Option<u32> {
-        self.jail_dir.as_ref().and(self.vmm.jailer_pid())
     }
 
     /// QEMU's pidfd, borrowed.

@@ -14,10 +14,10 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{umount2, MntFlags};
 use nix::sched::CloneFlags;
 
-use super::jailer::{cpath, is_overlay, overlay_layers};
+use super::jailer::{cpath, is_overlay, overlay_layers, overlay_of};
 use super::{sys, JailError};
 
 /// Where an image goes in a pooled VM's jail.
@@ -107,22 +107,7 @@ pub fn attach_image(
                         .map_err(io(format!("cannot stage a layer at {}", dir.display())))?;
                     moved.push(dir.clone());
                 }
-                let lowerdir = staged
-                    .iter()
-                    .map(|d| d.to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-                    .join(":");
-                mount(
-                    Some("overlay"),
-                    &target,
-                    Some("overlay"),
-                    MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    Some(format!("lowerdir={lowerdir}").as_str()),
-                )
-                .map_err(|e| JailError::Io {
-                    what: format!("cannot mount the overlay of {}", source.display()),
-                    source: e.into(),
-                })
+                overlay_of(&staged, &target, source)
             })();
             // The overlay holds its layers: the staged mounts can go.
             for d in moved.iter().rev() {

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use caps::CapSet;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -618,6 +618,31 @@ fn reraise(sig: Signal) -> ! {
 
 const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
 
+/// A read-only overlay at `target` of the staged (id-mapped) layers
+/// `lowers`, top first: the id-mapped view of overlayfs `source`.
+pub(super) fn overlay_of(
+    lowers: &[PathBuf],
+    target: &Path,
+    source: &Path,
+) -> Result<(), JailError> {
+    let lowerdir = lowers
+        .iter()
+        .map(|d| d.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(":");
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(format!("lowerdir={lowerdir}").as_str()),
+    )
+    .map_err(err(format!(
+        "cannot mount the id-mapped overlay of {}",
+        source.display()
+    )))
+}
+
 pub(super) fn is_overlay(fd: &std::os::fd::OwnedFd) -> bool {
     nix::sys::statfs::fstatfs(fd).is_ok_and(|s| s.filesystem_type().0 == OVERLAYFS_SUPER_MAGIC)
 }
@@ -711,22 +736,7 @@ fn bind_overlay(b: &Bind, target: &Path, userns: &File) -> Result<(), JailError>
                 .map_err(ioerr(format!("cannot stage layer {}", layer.display())))?;
             staged.push(dir);
         }
-        let lowerdir = staged
-            .iter()
-            .map(|d| d.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(":");
-        mount(
-            Some("overlay"),
-            target,
-            Some("overlay"),
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(format!("lowerdir={lowerdir}").as_str()),
-        )
-        .map_err(err(format!(
-            "cannot mount the id-mapped overlay of {}",
-            b.source.display()
-        )))
+        overlay_of(&staged, target, &b.source)
     })();
     for d in staged.iter().rev() {
         let _ = umount2(d, MntFlags::MNT_DETACH);

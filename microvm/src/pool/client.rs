@@ -42,8 +42,23 @@ pub fn shape_key(spec: &VmSpec) -> Option<ShapeKey> {
     })
 }
 
+/// Connects without waiting: a pool that stopped accepting (stopped, or
+/// flooded) fills its backlog, and a blocking connect would then wait with
+/// no deadline; here that is an error (EAGAIN), and the caller falls back.
 fn connect(socket: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
-    let conn = UnixStream::connect(socket)?;
+    use nix::sys::socket::{self as sock, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = sock::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    sock::connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &UnixAddr::new(socket)?,
+    )?;
+    let conn = UnixStream::from(fd);
+    conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
     Ok(conn)
