@@ -68,6 +68,17 @@ fn boots_to_agent_ready_and_is_reaped_on_drop() {
         threads += 1;
     }
     assert!(threads > 1, "qemu runs vcpu and io threads");
+    // Under TCG, no transparent huge pages (they only cost there).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let tcg = mu2_microvm::AccelChoice::Auto.resolve() == mu2_microvm::Accel::Tcg;
+    assert!(
+        status.contains(if tcg {
+            "\nTHP_enabled:\t0\n"
+        } else {
+            "\nTHP_enabled:\t1\n"
+        }),
+        "tcg {tcg}: {status}"
+    );
     // The VMM runs in its own host cgroup, with the limits of its spec.
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(

@@ -265,6 +265,13 @@ fn running_qemu_is_confined() {
     }
     assert!(threads > 1, "qemu runs vcpu and io threads");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    // Under TCG, no transparent huge pages (they only cost there).
+    let want_thp = if mu2_microvm::AccelChoice::Auto.resolve() == mu2_microvm::Accel::Tcg {
+        "0"
+    } else {
+        "1"
+    };
+    assert_eq!(field(&status, "THP_enabled"), want_thp, "THP_enabled");
     // PID 1 of its own pid namespace.
     let nspid: Vec<&str> = field(&status, "NSpid").split_whitespace().collect();
     assert_eq!(nspid, [pid.to_string().as_str(), "1"], "NSpid");
@@ -875,6 +882,7 @@ fn run_probe_with(args: &[&str], shares: Vec<(PathBuf, PathBuf, bool)>) -> Probe
         keep_fds: vec![],
         cgroup_procs: vec![],
         kvm: false,
+        huge_pages: false,
         start_deadline: Duration::from_secs(10),
         lifeline: None,
     };

@@ -870,13 +870,13 @@ impl Owner {
                 d.force_end();
             }
         }
-        let report = proc.transition(|st| {
+        proc.transition(|st| {
             if let Status::Exited { .. } | Status::Deleted = st.status {
                 // Ended before it ran (StartFailed): no exit to publish.
                 if let Some(Ok(_)) | None = st.started {
                     st.started = Some(Err(ShimError::VmGone(what.clone())));
                 }
-                return None;
+                return;
             }
             let report = match (st.discard, st.killed_by, result) {
                 (true, _, _) => None,
@@ -894,9 +894,10 @@ impl Owner {
                 }
             };
             let was_starting = st.status == Status::Starting;
+            let at = SystemTime::now();
             st.status = Status::Exited {
                 code: report.map_or(0, |r| r.code),
-                at: SystemTime::now(),
+                at,
             };
             // Killed while its Start was on the way: to containerd the
             // process started and died of the signal, as under runc.
@@ -906,39 +907,43 @@ impl Owner {
             } else if was_starting {
                 st.started = Some(Err(ShimError::VmGone(what.clone())));
             }
-            report.map(|r| (r, started_then_killed))
-        });
-        let Some((report, started_then_killed)) = report else {
-            return;
-        };
-        let Status::Exited { code, at } = proc.status() else {
-            return;
-        };
-        if started_then_killed {
-            l.events.send(if l.exec_id.is_empty() {
-                Event::Start {
-                    id: l.container_id.clone(),
-                    pid: proc.pid,
-                }
-            } else {
-                Event::ExecStarted {
-                    id: l.container_id.clone(),
-                    exec_id: l.exec_id.clone(),
-                    pid: proc.pid,
-                }
-            });
-        }
-        if report.oom_killed {
-            l.events.send(Event::Oom {
-                id: l.container_id.clone(),
-            });
-        }
-        l.events.send(Event::Exit {
-            id: l.container_id.clone(),
-            exec_id: l.exec_id.clone(),
-            pid: proc.pid,
-            status: code,
-            at,
+            // Queued before the lock drops: a Wait woken by this exit
+            // (and the Delete its caller sends next) cannot overtake the
+            // TaskExit, nor find the process deleted before it went out.
+            if let Some(r) = report {
+                publish_exit(&l, proc.pid, r, at, started_then_killed);
+            }
         });
     }
+}
+
+/// The events of one process's end, in containerd's order: its Start when
+/// a kill overtook it, the OOM, the exit.
+fn publish_exit(l: &Launch, pid: u32, report: ExitReport, at: SystemTime, started: bool) {
+    if started {
+        l.events.send(if l.exec_id.is_empty() {
+            Event::Start {
+                id: l.container_id.clone(),
+                pid,
+            }
+        } else {
+            Event::ExecStarted {
+                id: l.container_id.clone(),
+                exec_id: l.exec_id.clone(),
+                pid,
+            }
+        });
+    }
+    if report.oom_killed {
+        l.events.send(Event::Oom {
+            id: l.container_id.clone(),
+        });
+    }
+    l.events.send(Event::Exit {
+        id: l.container_id.clone(),
+        exec_id: l.exec_id.clone(),
+        pid,
+        status: report.code,
+        at,
+    });
 }

@@ -665,7 +665,8 @@ fn events_come_in_containerd_order() {
     ];
     assert_eq!(runs[0], want, "runc's order changed");
     assert_eq!(runs[1], want, "mu2's order");
-    // A detached task with one exec, then killed.
+    // A detached task with execs one after another, then killed.
+    const EXECS: [&str; 3] = ["e1", "e2", "e3"];
     let mut runs = Vec::new();
     for (rt, runtime) in [("runc", RUNC), ("mu2", MU2)] {
         let id = ctd.id(&format!("xorder-{rt}"));
@@ -681,17 +682,21 @@ fn events_come_in_containerd_order() {
         ]);
         assert_eq!(o.code(), 0, "{rt}: {}", o.err());
         wait_status(&ctd, &id, "RUNNING", Duration::from_secs(60));
-        let e = ctd.ctr(&[
-            "tasks",
-            "exec",
-            "--exec-id",
-            "e1",
-            &id,
-            "sh",
-            "-c",
-            "exit 5",
-        ]);
-        assert_eq!(e.code(), 5, "{rt}: {}", e.err());
+        // ctr deletes each exec the moment its Wait returns: its TaskExit
+        // must be out by then (a shim that queued it later lost it).
+        for exec in EXECS {
+            let e = ctd.ctr(&[
+                "tasks",
+                "exec",
+                "--exec-id",
+                exec,
+                &id,
+                "sh",
+                "-c",
+                "exit 5",
+            ]);
+            assert_eq!(e.code(), 5, "{rt}: {}", e.err());
+        }
         let k = ctd.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
         assert_eq!(k.code(), 0, "{rt}: {}", k.err());
         wait_status(&ctd, &id, "STOPPED", Duration::from_secs(30));
@@ -699,23 +704,23 @@ fn events_come_in_containerd_order() {
         assert_eq!(ctd.ctr(&["containers", "rm", &id]).code(), 0);
         let topics = events.wait_for(&id, "/tasks/delete", 1, Duration::from_secs(30));
         let evs = events.task_events(&id);
-        assert_one_exit_each(&evs, &[&id, "e1"], rt);
-        let exec_exit = evs
-            .iter()
-            .find(|e| e.topic == "/tasks/exit" && e.body["id"] == "e1")
-            .unwrap();
-        assert_eq!(exec_exit.body["exit_status"], 5, "{rt}: {exec_exit:?}");
+        let mut processes = vec![id.as_str()];
+        processes.extend(EXECS);
+        assert_one_exit_each(&evs, &processes, rt);
+        for exec in EXECS {
+            let exec_exit = evs
+                .iter()
+                .find(|e| e.topic == "/tasks/exit" && e.body["id"] == exec)
+                .unwrap();
+            assert_eq!(exec_exit.body["exit_status"], 5, "{rt}: {exec_exit:?}");
+        }
         runs.push(topics);
     }
-    let want = [
-        "/tasks/create",
-        "/tasks/start",
-        "/tasks/exec-added",
-        "/tasks/exec-started",
-        "/tasks/exit",
-        "/tasks/exit",
-        "/tasks/delete",
-    ];
+    let mut want = vec!["/tasks/create", "/tasks/start"];
+    for _ in EXECS {
+        want.extend(["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"]);
+    }
+    want.extend(["/tasks/exit", "/tasks/delete"]);
     assert_eq!(runs[0], want, "runc's order changed");
     assert_eq!(runs[1], want, "mu2's order");
     ctd.assert_nothing_left();

@@ -171,6 +171,10 @@ pub struct JailRequest {
     pub cgroup_procs: Vec<RawFd>,
     /// Adds /dev/kvm.
     pub kvm: bool,
+    /// Leaves transparent huge pages on for the jailer and the program
+    /// (worth it with KVM; under TCG they only cost: see
+    /// `sys::no_huge_pages`).
+    pub huge_pages: bool,
     /// How long the jailer has to say it started the program.
     pub start_deadline: std::time::Duration,
     /// The read end of a lifeline pipe, kept by the jailer only: the VM
@@ -400,7 +404,7 @@ pub fn spawn(cfg: &JailConfig, req: &JailRequest) -> Result<Jailed, JailError> {
         keep.push(c.fd());
     }
     keep.extend(req.lifeline);
-    crate::sys::prepare_child(&mut cmd, keep, req.cgroup_procs.clone());
+    crate::sys::prepare_child(&mut cmd, keep, req.cgroup_procs.clone(), req.huge_pages);
     let mut child = cmd.spawn().map_err(|source| JailError::Spawn {
         path: jailer_path.clone(),
         source,

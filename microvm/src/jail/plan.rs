@@ -355,6 +355,7 @@ mod tests {
             keep_fds: vec![9],
             cgroup_procs: vec![],
             kvm,
+            huge_pages: kvm,
             start_deadline: std::time::Duration::from_secs(10),
             lifeline: None,
         }
