@@ -18,6 +18,15 @@ pub enum Accel {
     Tcg,
 }
 
+impl Accel {
+    /// Whether QEMU keeps transparent huge pages. With KVM they back the
+    /// guest's pages and are worth it; under TCG the soft MMU maps 4 KiB
+    /// pages anyway and they only cost (see `sys::no_huge_pages`).
+    pub fn huge_pages(self) -> bool {
+        self == Accel::Kvm
+    }
+}
+
 /// What the configuration asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AccelChoice {

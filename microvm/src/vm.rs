@@ -548,7 +548,7 @@ impl Vm {
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped());
-                let huge_pages = spec.accel == crate::Accel::Kvm;
+                let huge_pages = spec.accel.huge_pages();
                 crate::sys::prepare_child(&mut cmd, channel_fds, procs, huge_pages);
                 let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
                     qemu: spec.qemu.display().to_string(),
@@ -586,7 +586,7 @@ impl Vm {
                     keep_fds: channel_fds,
                     cgroup_procs: procs,
                     kvm: spec.accel == crate::Accel::Kvm,
-                    huge_pages: spec.accel == crate::Accel::Kvm,
+                    huge_pages: spec.accel.huge_pages(),
                     start_deadline: spec.deadlines.jailer,
                     lifeline: match how {
                         Start::Warm { lifeline, .. } => Some(*lifeline),

@@ -910,6 +910,8 @@ impl Owner {
             // Queued before the lock drops: a Wait woken by this exit
             // (and the Delete its caller sends next) cannot overtake the
             // TaskExit, nor find the process deleted before it went out.
+            // A full queue (containerd not taking events) holds the lock
+            // until the publisher, whose every try is bounded, makes room.
             if let Some(r) = report {
                 publish_exit(&l, proc.pid, r, at, started_then_killed);
             }

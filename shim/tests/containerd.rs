@@ -11,7 +11,7 @@
 
 mod common;
 use common::ctd::*;
-use common::{procs, tail};
+use common::{procs, tail, CpuHogs};
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -683,7 +683,9 @@ fn events_come_in_containerd_order() {
         assert_eq!(o.code(), 0, "{rt}: {}", o.err());
         wait_status(&ctd, &id, "RUNNING", Duration::from_secs(60));
         // ctr deletes each exec the moment its Wait returns: its TaskExit
-        // must be out by then (a shim that queued it later lost it).
+        // must be out by then (a shim that queued it later lost it, on a
+        // loaded host: so both cores are kept busy meanwhile).
+        let hogs = CpuHogs::start(2);
         for exec in EXECS {
             let e = ctd.ctr(&[
                 "tasks",
@@ -697,6 +699,7 @@ fn events_come_in_containerd_order() {
             ]);
             assert_eq!(e.code(), 5, "{rt}: {}", e.err());
         }
+        drop(hogs);
         let k = ctd.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
         assert_eq!(k.code(), 0, "{rt}: {}", k.err());
         wait_status(&ctd, &id, "STOPPED", Duration::from_secs(30));

@@ -9,7 +9,7 @@
 
 mod common;
 use common::ctd::{cleanup_task, collect, image_tar, wait_status, Containerd, IMAGE, MU2};
-use common::{procs, tail};
+use common::{procs, tail, CpuHogs};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -673,19 +673,7 @@ fn rounds_of_parallel_runs_under_a_cpu_hog_all_finish() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hogs: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                }
-                x
-            })
-        })
-        .collect();
+    let hogs = CpuHogs::start(2);
     for r in 0..rounds {
         let started = Instant::now();
         let runs: Vec<_> = (0..8)
@@ -708,10 +696,7 @@ fn rounds_of_parallel_runs_under_a_cpu_hog_all_finish() {
         }
         eprintln!("stress round {r}: 8 runs in {:?}", started.elapsed());
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for h in hogs {
-        let _ = h.join();
-    }
+    drop(hogs);
     ctd.assert_nothing_left();
 }
 

@@ -172,8 +172,7 @@ pub struct JailRequest {
     /// Adds /dev/kvm.
     pub kvm: bool,
     /// Leaves transparent huge pages on for the jailer and the program
-    /// (worth it with KVM; under TCG they only cost: see
-    /// `sys::no_huge_pages`).
+    /// ([`crate::Accel::huge_pages`]).
     pub huge_pages: bool,
     /// How long the jailer has to say it started the program.
     pub start_deadline: std::time::Duration,
