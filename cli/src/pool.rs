@@ -86,23 +86,29 @@ pub fn status(prometheus: bool, out: &mut impl Write) -> Result<(), PoolCmdError
     }
     writeln!(
         out,
-        "pool pid {} up {} s: {} leases; warm VMs hold {} of {} MiB guest memory (RSS {} MiB, PSS {} MiB)",
+        "pool pid {} up {} s: {} leases; warm VMs hold {} of {} MiB guest memory (RSS {} MiB, PSS {} MiB); shared templates {} MiB",
         s.pid,
         s.uptime_s,
         s.leases,
         s.warm_mib,
         s.budget_mib,
         s.warm_rss_kib / 1024,
-        s.warm_pss_kib / 1024
+        s.warm_pss_kib / 1024,
+        s.template_kib / 1024
     )?;
     for sh in &s.shapes {
         writeln!(
             out,
-            "  {} MiB {} vCPU: {}/{} warm, {} hits, {} misses, {} refills ({:.2}/s, last {} ms), {} failures{}",
+            "  {} MiB {} vCPU: {}/{} warm ({}), {} hits, {} misses, {} refills ({:.2}/s, last {} ms), {} failures{}",
             sh.memory_mib,
             sh.vcpus,
             sh.warm,
             sh.target,
+            if sh.shared_template {
+                "shared template"
+            } else {
+                "template file"
+            },
             sh.hits,
             sh.misses,
             sh.refills,
@@ -157,6 +163,12 @@ pub fn prometheus_text(s: &Status) -> String {
         "Proportional memory of the warm VMs' QEMUs.",
         "gauge",
         one(s.warm_pss_kib << 10),
+    );
+    gauge(
+        "mu2_pool_template_bytes",
+        "Host memory of the shared templates' RAM, mapped copy-on-write by their clones.",
+        "gauge",
+        one(s.template_kib << 10),
     );
     let per = |f: &dyn Fn(&mu2_microvm::pool::server::ShapeStatus) -> String| {
         s.shapes

@@ -33,13 +33,56 @@ fn path(p: &Path) -> String {
     escape(&p.to_string_lossy())
 }
 
-pub struct Machine;
+pub struct Machine {
+    pub ram: GuestRam,
+}
 impl QemuOption for Machine {
     fn args(&self) -> Vec<String> {
         // Defaults kept on purpose: isa-serial carries the console; the PIT
         // and PIC serve TCG's timer set-up; and the RTC stays — `rtc=off`
         // was measured to cost ~1 s of guest boot under TCG.
-        vec!["-M".into(), "microvm".into()]
+        match self.ram {
+            GuestRam::Anonymous => vec!["-M".into(), "microvm".into()],
+            GuestRam::File { .. } => {
+                vec!["-M".into(), format!("microvm,memory-backend={RAM_BACKEND}")]
+            }
+        }
+    }
+}
+
+/// The id of the memory backend of a VM whose RAM is a file.
+const RAM_BACKEND: &str = "ram";
+
+/// Where a VM's guest RAM lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestRam {
+    /// QEMU's own anonymous memory (every booted VM, every clone of a
+    /// template whose RAM is in its stream).
+    Anonymous,
+    /// An inherited file descriptor (a shared template's memfd), opened by
+    /// QEMU through `/proc/self/fd/N`: `shared` (the template's own VM,
+    /// writing it) or copy-on-write (a clone: its writes stay its own).
+    File { fd: RawFd, shared: bool },
+}
+
+/// The memory backend of [`GuestRam::File`] (nothing for anonymous RAM).
+pub struct RamBackend {
+    pub ram: GuestRam,
+    pub memory_mib: u32,
+}
+impl QemuOption for RamBackend {
+    fn args(&self) -> Vec<String> {
+        match self.ram {
+            GuestRam::Anonymous => Vec::new(),
+            GuestRam::File { fd, shared } => vec![
+                "-object".into(),
+                format!(
+                    "memory-backend-file,id={RAM_BACKEND},size={}M,mem-path=/proc/self/fd/{fd},share={}",
+                    self.memory_mib,
+                    if shared { "on" } else { "off" }
+                ),
+            ],
+        }
     }
 }
 
@@ -176,8 +219,9 @@ pub struct ChannelFds {
     /// A QMP monitor on a socketpair: a template's build drives its
     /// migration through it ([`crate::qmp`]).
     pub qmp: Option<RawFd>,
-    /// A template's saved state, read by a clone at start (`-incoming`).
-    pub incoming: Option<RawFd>,
+    /// How a clone comes in (`-incoming`); `None` for a boot.
+    pub incoming: Option<Incoming>,
+    pub ram: GuestRam,
 }
 
 /// A QMP monitor on an inherited, connected socket.
@@ -195,15 +239,25 @@ impl QemuOption for QmpChannel {
     }
 }
 
-/// Start from a migration stream on an inherited fd instead of booting: the
-/// guest resumes where the template stopped (it was running then, so the
-/// clone starts running once the stream is loaded).
-pub struct Incoming {
-    pub fd: RawFd,
+/// Start from a migration stream instead of booting: the guest resumes
+/// where the template stopped (it was running then, so the clone starts
+/// running once the stream is loaded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incoming {
+    /// At once, from an inherited fd.
+    Fd(RawFd),
+    /// When QMP says so (`migrate-incoming`), after the capabilities the
+    /// stream needs are set: a stream saved with `x-ignore-shared` must be
+    /// read with it too, and QEMU 7.2 takes capabilities only over QMP.
+    Defer,
 }
 impl QemuOption for Incoming {
     fn args(&self) -> Vec<String> {
-        vec!["-incoming".into(), format!("fd:{}", self.fd)]
+        let from = match self {
+            Incoming::Fd(fd) => format!("fd:{fd}"),
+            Incoming::Defer => "defer".into(),
+        };
+        vec!["-incoming".into(), from]
     }
 }
 
@@ -274,7 +328,7 @@ pub fn command_line(
     use mu2_protocol::port;
     let name = format!("mu2-{}", spec.id);
     let mut opts: Vec<Box<dyn QemuOption + '_>> = vec![
-        Box::new(Machine),
+        Box::new(Machine { ram: fds.ram }),
         Box::new(AccelOpt {
             accel: spec.accel,
             tb_size_mib: spec.tb_size_mib,
@@ -282,6 +336,10 @@ pub fn command_line(
         Box::new(Resources {
             memory_mib: spec.memory_mib,
             vcpus: spec.vcpus,
+        }),
+        Box::new(RamBackend {
+            ram: fds.ram,
+            memory_mib: spec.memory_mib,
         }),
         Box::new(Boot {
             kernel: &spec.kernel,
@@ -330,8 +388,8 @@ pub fn command_line(
     if let Some(fd) = fds.qmp {
         opts.push(Box::new(QmpChannel { fd }));
     }
-    if let Some(fd) = fds.incoming {
-        opts.push(Box::new(Incoming { fd }));
+    if let Some(incoming) = fds.incoming {
+        opts.push(Box::new(incoming));
     }
     for o in opts {
         args.extend(o.args());
@@ -352,6 +410,7 @@ mod tests {
         stderr: 14,
         qmp: None,
         incoming: None,
+        ram: GuestRam::Anonymous,
     };
 
     fn has_pair(args: &[String], flag: &str, value: &str) -> bool {
@@ -466,12 +525,40 @@ mod tests {
         assert!(!a.iter().any(|x| x == "-incoming" || x == "-mon"));
         let fds = ChannelFds {
             qmp: Some(20),
-            incoming: Some(21),
+            incoming: Some(Incoming::Fd(21)),
             ..FDS
         };
         let a = command_line(&spec(), fds, None, None);
         assert!(has_pair(&a, "-chardev", "socket,id=qmp,fd=20"));
         assert!(has_pair(&a, "-mon", "chardev=qmp,mode=control"));
         assert!(has_pair(&a, "-incoming", "fd:21"));
+    }
+
+    #[test]
+    fn guest_ram_in_a_file_is_shared_by_its_template_and_private_to_a_clone() {
+        let a = command_line(&spec(), FDS, None, None);
+        assert!(has_pair(&a, "-M", "microvm"));
+        assert!(!a.iter().any(|x| x == "-object"));
+        let mut s = spec();
+        s.memory_mib = 192;
+        for (shared, share) in [(true, "on"), (false, "off")] {
+            let fds = ChannelFds {
+                ram: GuestRam::File { fd: 30, shared },
+                incoming: (!shared).then_some(Incoming::Defer),
+                ..FDS
+            };
+            let a = command_line(&s, fds, None, None);
+            assert!(has_pair(&a, "-M", "microvm,memory-backend=ram"));
+            assert!(has_pair(
+                &a,
+                "-object",
+                &format!(
+                    "memory-backend-file,id=ram,size=192M,mem-path=/proc/self/fd/30,share={share}"
+                )
+            ));
+            // The backend's size and -m agree (QEMU refuses otherwise).
+            assert!(has_pair(&a, "-m", "192M"));
+            assert_eq!(has_pair(&a, "-incoming", "defer"), !shared);
+        }
     }
 }

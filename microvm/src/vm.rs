@@ -21,7 +21,7 @@
 //! the jailer, not us, reaps QEMU, so a bare pid could name a reused process.
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -147,6 +147,8 @@ pub enum VmError {
         reason: crate::identity::IdentityError,
         console: String,
     },
+    #[error("vm {id} did not resume from its template's state: {why}")]
+    Resume { id: String, why: String },
 }
 
 /// What the agent's reader thread hands to the VM's owner.
@@ -351,13 +353,17 @@ pub(crate) enum Start<'a> {
     /// A cold boot to the agent's Ready, then the VM's own identity.
     Boot,
     /// A cold boot to Ready and no further, with a QMP channel: the VM a
-    /// template is taken from ([`crate::template`]).
-    Template,
+    /// template is taken from ([`crate::template`]). `ram`: its guest RAM
+    /// is this memfd, mapped shared (a shared template's), not QEMU's own.
+    Template { ram: Option<RawFd> },
     /// Resumed from a template's saved state; `ready` is what its agent
-    /// said when the template was taken.
+    /// said when the template was taken. `ram`: the state was saved
+    /// without the RAM (`x-ignore-shared`), which is this sealed memfd,
+    /// mapped copy-on-write.
     Restore {
         state: &'a std::fs::File,
         ready: Ready,
+        ram: Option<RawFd>,
     },
     /// Resumed from a template for a pool: no identity yet, no reader on
     /// its channels (they go to whoever leases it), and a jailer that lives
@@ -365,7 +371,8 @@ pub(crate) enum Start<'a> {
     Warm {
         state: &'a std::fs::File,
         ready: Ready,
-        lifeline: std::os::fd::RawFd,
+        ram: Option<RawFd>,
+        lifeline: RawFd,
     },
 }
 
@@ -382,6 +389,38 @@ impl Start<'_> {
             Start::Restore { ready, .. } | Start::Warm { ready, .. } => Some(ready),
             _ => None,
         }
+    }
+
+    /// Where the guest RAM is, as QEMU's command line says it.
+    fn ram(&self) -> qemu::GuestRam {
+        match self {
+            Start::Template { ram: Some(fd) } => qemu::GuestRam::File {
+                fd: *fd,
+                shared: true,
+            },
+            Start::Restore { ram: Some(fd), .. } | Start::Warm { ram: Some(fd), .. } => {
+                qemu::GuestRam::File {
+                    fd: *fd,
+                    shared: false,
+                }
+            }
+            _ => qemu::GuestRam::Anonymous,
+        }
+    }
+
+    /// A clone whose state was saved without its RAM: it comes in over
+    /// QMP, once `x-ignore-shared` is set on its side too.
+    fn deferred(&self) -> bool {
+        self.state().is_some() && self.ram() != qemu::GuestRam::Anonymous
+    }
+
+    fn incoming(&self) -> Option<qemu::Incoming> {
+        let state = self.state()?;
+        Some(if self.deferred() {
+            qemu::Incoming::Defer
+        } else {
+            qemu::Incoming::Fd(state.as_raw_fd())
+        })
     }
 }
 
@@ -498,7 +537,8 @@ impl Vm {
         let stdout = pair(&id)?;
         let stderr = pair(&id)?;
         let qmp = match how {
-            Start::Template => Some(pair(&id)?),
+            Start::Template { .. } => Some(pair(&id)?),
+            _ if how.deferred() => Some(pair(&id)?),
             _ => None,
         };
         control
@@ -522,7 +562,8 @@ impl Vm {
             stdout: stdout.theirs.as_raw_fd(),
             stderr: stderr.theirs.as_raw_fd(),
             qmp: qmp.as_ref().map(|p| p.theirs.as_raw_fd()),
-            incoming: how.state().map(|s| s.as_raw_fd()),
+            incoming: how.incoming(),
+            ram: how.ram(),
         };
         let tsc = match spec.accel {
             crate::Accel::Tcg => crate::accel::host_tsc_khz(),
@@ -531,7 +572,12 @@ impl Vm {
         let procs = cgroup.procs_fds();
         let mut channel_fds = vec![fds.console, fds.control, fds.stdin, fds.stdout, fds.stderr];
         channel_fds.extend(fds.qmp);
-        channel_fds.extend(fds.incoming);
+        // A deferred clone's state is read by its number too
+        // (`migrate-incoming fd:N`).
+        channel_fds.extend(how.state().map(|s| s.as_raw_fd()));
+        if let qemu::GuestRam::File { fd, .. } = fds.ram {
+            channel_fds.push(fd);
+        }
         let (child, qemu_pid, jail, qemu_stderr) = match &spec.jail {
             JailMode::Disabled { .. } if matches!(how, Start::Warm { .. }) => {
                 return Err(VmError::Jail {
@@ -722,6 +768,12 @@ impl Vm {
         };
         let up = match how.ready() {
             None => vm.await_ready(spec.deadlines.ready, started),
+            Some(ready) if how.deferred() => {
+                let qmp = vm.take_qmp().expect("a deferred clone has a QMP channel");
+                let state = how.state().expect("a clone has a state").as_raw_fd();
+                crate::template::resume(&id, qmp, state, spec.deadlines.reply)
+                    .map(|()| ready.clone())
+            }
             Some(ready) => Ok(ready.clone()),
         };
         match up {
@@ -731,7 +783,7 @@ impl Vm {
                 // one until it is leased; every other VM takes its own
                 // identity before anything else (for a clone, its
                 // Identified is also the sign it resumed).
-                if !matches!(how, Start::Template | Start::Warm { .. }) {
+                if !matches!(how, Start::Template { .. } | Start::Warm { .. }) {
                     crate::identity::identify(&mut vm)?;
                 }
                 vm.boot_time = started.elapsed();
@@ -770,6 +822,16 @@ impl Vm {
                         id,
                         timeout,
                         console: vm.console_tail(CONSOLE_TAIL_LINES),
+                    },
+                    VmError::Resume { id, why } => VmError::Resume {
+                        id,
+                        why: match qemu_stderr.map(|(tail, h)| {
+                            let _ = h.join();
+                            tail.tail(5)
+                        }) {
+                            Some(said) if !said.is_empty() => format!("{why}; qemu said: {said}"),
+                            _ => why,
+                        },
                     },
                     other => other,
                 };

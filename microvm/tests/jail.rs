@@ -73,6 +73,45 @@ fn bundles() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/bundles"))
 }
 
+/// The busybox bundle's rootfs (scripts/build-test-bundles).
+fn busybox_rootfs() -> PathBuf {
+    let rootfs = bundles().join("busybox/rootfs");
+    assert!(
+        rootfs.join("bin/busybox").is_file(),
+        "no busybox bundle in {} (run scripts/build-test-bundles)",
+        bundles().display()
+    );
+    rootfs.canonicalize().unwrap()
+}
+
+/// A Run of `args` in the busybox rootfs shared as `rootfs`.
+fn busybox_run(args: &[&str]) -> mu2_protocol::Run {
+    use mu2_protocol::{Process, Root, Run};
+    Run {
+        root: Root {
+            share_tag: "rootfs".into(),
+            readonly: true,
+            share_subdir: None,
+        },
+        process: Process {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            no_new_privileges: true,
+            ..Default::default()
+        },
+        hostname: "jail-test".into(),
+        mounts: vec![],
+        memory_limit_bytes: None,
+        pids_limit: None,
+        masked_paths: vec![],
+        readonly_paths: vec![],
+        sysctls: vec![],
+        device_rules: vec![],
+        rootfs_propagation: None,
+    }
+}
+
 fn probe_path() -> PathBuf {
     let p = bundles().join("jail-probe");
     assert!(
@@ -615,48 +654,18 @@ mod jail_released_on_every_end {
     /// The guest runs a process and powers off: QEMU exits 0 by itself.
     #[test]
     fn guest_exit() {
-        use mu2_protocol::{Process, Root, Run};
         let Some(img) = image() else { return };
         let _permit = vm_permit();
         let cfg = jail_config();
         let id = unique_id("exit");
-        let rootfs = bundles().join("busybox/rootfs");
-        assert!(
-            rootfs.join("bin/busybox").is_file(),
-            "no busybox bundle in {} (run scripts/build-test-bundles)",
-            bundles().display()
-        );
         let mut s = spec(&id, &img.kernel, &img.initrd, JailMode::Jailed(cfg.clone()));
-        s.shares[0].host_path = rootfs.canonicalize().unwrap();
+        s.shares[0].host_path = busybox_rootfs();
         let mut vm = Vm::launch(&s).expect("jailed vm ready");
         let first = claim_of(&cfg, &id).unwrap();
         let (_, jailer) = stat_of(vm.pid()).unwrap();
         let qemu = vm.pid();
         let _stdio = vm.take_stdio();
-        let run = Run {
-            root: Root {
-                share_tag: "rootfs".into(),
-                readonly: true,
-                share_subdir: None,
-            },
-            process: Process {
-                args: vec!["/bin/true".into()],
-                env: vec!["PATH=/bin".into()],
-                cwd: "/".into(),
-                no_new_privileges: true,
-                ..Default::default()
-            },
-            hostname: "jail-test".into(),
-            mounts: vec![],
-            memory_limit_bytes: None,
-            pids_limit: None,
-            masked_paths: vec![],
-            readonly_paths: vec![],
-            sysctls: vec![],
-            device_rules: vec![],
-            rootfs_propagation: None,
-        };
-        let exit = common::run_to_exit(&mut vm, run);
+        let exit = common::run_to_exit(&mut vm, busybox_run(&["/bin/true"]));
         assert_eq!(exit.status, 0, "{exit:?}");
         // Powered off: QEMU, then the jailer, end with status 0.
         let status = vm.finish(Duration::from_secs(60)).expect("reaped");
@@ -1343,4 +1352,136 @@ fn the_jailer_refuses_a_symlink_anywhere_in_a_bind_source() {
     // Nothing of either attempt stays mounted on the host.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&root.display().to_string()));
+}
+
+// --- a shared template: sealed RAM, clones copy-on-write ----------------------
+
+/// XXH3 of everything `fd` holds, read through a description of our own.
+fn digest_of(fd: std::os::fd::BorrowedFd<'_>) -> u128 {
+    use std::os::fd::AsRawFd;
+    let mut f = std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return h.digest128();
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// What a compromised clone's QEMU would try on the template it maps: every
+/// descriptor it holds of the template's RAM refuses writes, a resize and a
+/// shared writable mapping. Returns how many it holds.
+fn assert_template_unwritable_from(qemu: u32) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut held = 0;
+    for e in std::fs::read_dir(format!("/proc/{qemu}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(e.path()).unwrap_or_default();
+        if !target.to_string_lossy().contains("mu2-template-ram") {
+            continue;
+        }
+        held += 1;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(e.path())
+            .expect("QEMU's memfd opens read-write (its seals stop writes, not opens)");
+        let eperm = |r: std::io::Result<()>, what: &str| match r {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            other => panic!("{what} on the template's RAM: {other:?}, want EPERM"),
+        };
+        eperm(f.write_all(b"planted").map(|_| ()), "write");
+        eperm(f.set_len(4096), "truncate");
+        // SAFETY: a mapping request on a valid fd; a success is unmapped
+        // at once (and fails the test).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if p != libc::MAP_FAILED {
+            // SAFETY: the mapping just made, 4096 bytes.
+            unsafe { libc::munmap(p, 4096) };
+            panic!("a shared writable mapping of the template's RAM was allowed");
+        }
+    }
+    held
+}
+
+#[test]
+fn a_shared_template_is_sealed_and_its_clones_map_it_copy_on_write() {
+    use mu2_microvm::template::{is_sealed, SharedTemplate, Store};
+    let Some(img) = image() else { return };
+    let _permit = vm_permit();
+    let cfg = jail_config();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("templates")).unwrap();
+    let rootfs = busybox_rootfs();
+    let spec_of = |id: &str| {
+        let mut s = spec(id, &img.kernel, &img.initrd, JailMode::Jailed(cfg.clone()));
+        s.shares[0].host_path = rootfs.clone();
+        s
+    };
+    let t = SharedTemplate::build(&store, &spec_of(&unique_id("shtpl"))).expect("built");
+    assert!(is_sealed(t.ram()), "the template's RAM is not sealed");
+    // Every page exists before a clone maps it (none is allocated in the
+    // template on a clone's behalf).
+    assert!(
+        t.resident_bytes() >= 256 << 20,
+        "template RAM holds {} bytes",
+        t.resident_bytes()
+    );
+    let before = digest_of(t.ram());
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let id = unique_id(&format!("shclone{n}"));
+        // Restore includes the clone's identity: it answers, so it resumed.
+        let mut vm = t.restore(&spec_of(&id), None).expect("clone ready");
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", vm.pid())).unwrap();
+        let ram: Vec<&str> = maps
+            .lines()
+            .filter(|l| l.contains("/memfd:mu2-template-ram"))
+            .collect();
+        assert_eq!(ram.len(), 1, "the clone's QEMU maps: {ram:?}");
+        assert!(
+            ram[0].split_whitespace().nth(1) == Some("rw-p"),
+            "the template's RAM is not mapped private: {}",
+            ram[0]
+        );
+        assert!(assert_template_unwritable_from(vm.pid()) >= 1);
+        // The guest writes plenty of its memory (64 MiB into a tmpfs file), and
+        // runs to its end.
+        let _stdio = vm.take_stdio();
+        let mut run = busybox_run(&["/bin/sh", "-c", "yes mu2 | head -c 67108864 > /tmp/fill"]);
+        // Written to the overlay's upper layer, in guest memory.
+        run.root.readonly = false;
+        let exit = common::run_to_exit(&mut vm, run);
+        assert_eq!(exit.status, 0, "{exit:?}");
+        drop(vm);
+        ids.push(id);
+    }
+    assert_eq!(
+        digest_of(t.ram()),
+        before,
+        "a clone's writes reached the template"
+    );
+    ids.push(format!(
+        "tpl-{}-{}",
+        &t.key().as_str()[..12],
+        std::process::id()
+    ));
+    drop(t);
+    for id in &ids {
+        assert_nothing_left(&cfg, id);
+    }
 }

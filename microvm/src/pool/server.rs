@@ -24,7 +24,7 @@ use super::wire::{self, Ack, Request, Response, ShapeKey, ShareInfo, WIRE_VERSIO
 use super::{PoolConfig, Shape, MAX_SHAPES};
 use crate::record::{Owner, OwnerKind, RecordDir};
 use crate::spec::{Share, VmSpec};
-use crate::template::TemplateMode;
+use crate::template::{SharedTemplate, TemplateMode};
 use crate::vm::{Start, Vm};
 
 /// Connections served at once; more are answered "busy".
@@ -36,6 +36,9 @@ const IO_DEADLINE: Duration = Duration::from_secs(5);
 const EARLY_DEATH: Duration = Duration::from_secs(10);
 /// The pause after a failed refill (the template is rebuilt meanwhile).
 const REFILL_BACKOFF: Duration = Duration::from_secs(2);
+/// After a shared template failed to build, clones load the template file's
+/// stream for this long before the next try (a try costs a cold boot).
+const SHARED_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -71,6 +74,10 @@ pub struct Status {
     /// Their QEMUs' resident and proportional memory.
     pub warm_rss_kib: u64,
     pub warm_pss_kib: u64,
+    /// Host memory of the shapes' shared templates' RAM (every clone of a
+    /// shape maps its template's copy-on-write).
+    #[serde(default)]
+    pub template_kib: u64,
     pub leases: u64,
     pub shapes: Vec<ShapeStatus>,
 }
@@ -90,6 +97,10 @@ pub struct ShapeStatus {
     pub refill_ms: u64,
     /// Warm VMs made per second since the pool started.
     pub refill_rate: f64,
+    /// Whether its warm VMs map a shared template's RAM (else each loads
+    /// the template file's stream into memory of its own).
+    #[serde(default)]
+    pub shared_template: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
@@ -113,12 +124,27 @@ struct ShapeSet {
     refill_ms: u64,
     last_error: Option<String>,
     next_try: Instant,
+    /// The shape's template in memory, once built.
+    shared: Option<Arc<SharedTemplate>>,
+    /// No shared template before this (the last build failed).
+    shared_next_try: Instant,
 }
 
 impl ShapeSet {
+    /// Guest memory of its warm VMs and of its shared template.
     fn memory(&self) -> u64 {
-        u64::from(self.base.memory_mib) * u64::from(self.warm.len() as u32 + self.building)
+        let vms = u64::from(self.warm.len() as u32 + self.building);
+        u64::from(self.base.memory_mib) * (vms + u64::from(self.shared.is_some()))
     }
+}
+
+/// Where a refill's clone comes from.
+enum Shared {
+    Ready(Arc<SharedTemplate>),
+    /// The set has none yet: build it first.
+    Build,
+    /// A build failed lately: the template file's stream.
+    Stream,
 }
 
 #[derive(Default)]
@@ -209,6 +235,8 @@ impl Pool {
             refill_ms: 0,
             last_error: None,
             next_try: Instant::now(),
+            shared: None,
+            shared_next_try: Instant::now(),
         }
     }
 
@@ -461,16 +489,25 @@ impl Pool {
                     .iter()
                     .enumerate()
                     .filter(|(_, s)| {
+                        // A set without its shared template may build one.
+                        let room =
+                            u64::from(s.base.memory_mib) * if s.shared.is_none() { 2 } else { 1 };
                         (s.warm.len() as u32 + s.building) < s.target
                             && s.next_try <= now
-                            && used + u64::from(s.base.memory_mib) <= budget
+                            && used + room <= budget
                     })
                     .min_by_key(|(_, s)| s.warm.len() as u32 + s.building)
                     .map(|(i, _)| i);
                 match pick {
                     Some(i) => {
-                        st.sets[i].building += 1;
-                        Some((i, st.sets[i].base.clone()))
+                        let set = &mut st.sets[i];
+                        set.building += 1;
+                        let shared = match &set.shared {
+                            Some(t) => Shared::Ready(Arc::clone(t)),
+                            None if set.shared_next_try <= now => Shared::Build,
+                            None => Shared::Stream,
+                        };
+                        Some((i, set.base.clone(), shared))
                     }
                     None => {
                         let (st, _) = self
@@ -482,12 +519,40 @@ impl Pool {
                     }
                 }
             };
-            let Some((i, base)) = job else { continue };
+            let Some((i, base, shared)) = job else {
+                continue;
+            };
+            let (shared, built) = match shared {
+                Shared::Ready(t) => (Some(t), None),
+                Shared::Stream => (None, None),
+                Shared::Build => match self.build_shared(&base) {
+                    Ok(t) => (Some(Arc::clone(&t)), Some(Ok(t))),
+                    Err(e) => (None, Some(Err(e))),
+                },
+            };
             let t0 = Instant::now();
-            let made = self.make_warm(&base);
+            let made = self.make_warm(&base, shared.as_deref());
             let mut st = self.lock();
             let set = &mut st.sets[i];
             set.building -= 1;
+            match built {
+                Some(Ok(t)) => set.shared = Some(t),
+                Some(Err(e)) => {
+                    log::warn!(
+                        "pool: no shared template for {} MiB, {} vCPU ({e}); warm VMs load the template file for the next {SHARED_RETRY:?}",
+                        base.memory_mib,
+                        base.vcpus
+                    );
+                    set.last_error = Some(e);
+                    set.shared_next_try = Instant::now() + SHARED_RETRY;
+                }
+                None => {}
+            }
+            if let Err((_, true)) = &made {
+                // It could not resume from this template: built again next.
+                set.shared = None;
+            }
+            let made = made.map_err(|(e, _)| e);
             match made {
                 Ok(w) => {
                     set.refills += 1;
@@ -527,6 +592,7 @@ impl Pool {
                 set.last_error = Some(format!("{dead} warm VMs died"));
                 log::warn!("pool: {dead} warm VMs died");
                 if early {
+                    set.shared = None;
                     if let (Ok(key), Ok(store)) = (
                         crate::template::Key::of(&set.base),
                         crate::template::Store::open(&self.template_dir),
@@ -538,9 +604,24 @@ impl Pool {
         }
     }
 
-    /// One warm VM of `base`'s shape: a share directory of its own, the
-    /// template (built if missing), a restore with a lifeline.
-    fn make_warm(&self, base: &VmSpec) -> Result<WarmVm, String> {
+    /// The shared template of `base`'s shape, built now (a cold boot).
+    fn build_shared(&self, base: &VmSpec) -> Result<Arc<SharedTemplate>, String> {
+        let store = crate::template::Store::open(&self.template_dir)
+            .map_err(|e| crate::describe_error(&e))?;
+        SharedTemplate::build(&store, base)
+            .map(Arc::new)
+            .map_err(|e| crate::describe_error(&e))
+    }
+
+    /// One warm VM of `base`'s shape: a share directory of its own, a clone
+    /// of the shared template, or else of the template file (built if
+    /// missing), with a lifeline. The error says whether the template it
+    /// came from is at fault.
+    fn make_warm(
+        &self,
+        base: &VmSpec,
+        shared: Option<&SharedTemplate>,
+    ) -> Result<WarmVm, (String, bool)> {
         let n = self.next_id.fetch_add(1, Ordering::SeqCst);
         let id = format!("mu2p-{}-{n}", std::process::id());
         let share_dir = self.cfg.dir.join("vms").join(&id);
@@ -549,7 +630,7 @@ impl Pool {
         spec.shares[0].host_path = share_dir.clone();
         // Made by the launch once the record names it, removed with it.
         spec.owned_dir = Some(share_dir.clone());
-        let vm = self.restore_warm(&spec)?;
+        let vm = self.restore_warm(&spec, shared)?;
         let tag = &spec.shares[0].tag;
         Ok(WarmVm {
             vm,
@@ -561,33 +642,47 @@ impl Pool {
         })
     }
 
-    fn restore_warm(&self, spec: &VmSpec) -> Result<Vm, String> {
-        let found =
-            crate::template::find_or_build(spec, &self.template_dir, true, self.template_max)
-                .map_err(|e| crate::describe_error(&e))?;
-        let Some((store, key, t)) = found else {
-            return Err("no template (being built elsewhere?)".into());
-        };
+    fn restore_warm(
+        &self,
+        spec: &VmSpec,
+        shared: Option<&SharedTemplate>,
+    ) -> Result<Vm, (String, bool)> {
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| format!("cannot make a lifeline: {e}"))?;
-        let how = Start::Warm {
-            state: &t.state,
-            ready: t.meta.ready(),
-            lifeline: std::os::fd::AsRawFd::as_raw_fd(&r),
+            .map_err(|e| (format!("cannot make a lifeline: {e}"), false))?;
+        let lifeline = std::os::fd::AsRawFd::as_raw_fd(&r);
+        let launched = match shared {
+            Some(t) => t.restore(spec, Some(lifeline)),
+            None => {
+                let found = crate::template::find_or_build(
+                    spec,
+                    &self.template_dir,
+                    true,
+                    self.template_max,
+                )
+                .map_err(|e| (crate::describe_error(&e), false))?;
+                let Some((store, key, t)) = found else {
+                    return Err(("no template (being built elsewhere?)".into(), false));
+                };
+                let how = Start::Warm {
+                    state: &t.state,
+                    ready: t.meta.ready(),
+                    ram: None,
+                    lifeline,
+                };
+                let launched = Vm::launch_once(spec, &how);
+                if matches!(&launched, Err(e) if !crate::template::host_side(e)) {
+                    store.discard(&key);
+                }
+                launched
+            }
         };
-        let launched = Vm::launch_once(spec, &how);
         drop(r);
         match launched {
             Ok(mut vm) => {
                 vm.set_lifeline(w);
                 Ok(vm)
             }
-            Err(e) => {
-                if !crate::template::host_side(&e) {
-                    store.discard(&key);
-                }
-                Err(crate::describe_error(&e))
-            }
+            Err(e) => Err((crate::describe_error(&e), !crate::template::host_side(&e))),
         }
     }
 
@@ -618,6 +713,9 @@ impl Pool {
         };
         let up = self.started.elapsed().as_secs_f64().max(1.0);
         for set in &st.sets {
+            if let Some(t) = &set.shared {
+                status.template_kib += t.resident_bytes() >> 10;
+            }
             for w in &set.warm {
                 status.warm_mib += u64::from(set.base.memory_mib);
                 let (rss, pss) = smaps_rollup(w.vm.pid());
@@ -635,6 +733,7 @@ impl Pool {
                 refill_failures: set.failures,
                 refill_ms: set.refill_ms,
                 refill_rate: set.refills as f64 / up,
+                shared_template: set.shared.is_some(),
                 last_error: set.last_error.clone(),
             });
         }

@@ -40,6 +40,9 @@ use crate::qmp::{Qmp, QmpError};
 use crate::spec::{Share, VmSpec};
 use crate::vm::{Start, Vm, VmError};
 
+mod shared;
+pub use shared::{is_sealed, seals, SharedTemplate};
+
 /// Where templates live unless configured otherwise.
 pub const DEFAULT_TEMPLATE_DIR: &str = "/run/mu2/templates";
 /// `off` turns templates off for this process, `on` on (whatever the
@@ -52,6 +55,9 @@ const FORMAT: u32 = 1;
 const MAX_STATE_BYTES: u64 = 4 << 30;
 /// How often a template's migration is polled.
 const POLL: Duration = Duration::from_millis(10);
+/// How often a deferred clone is asked whether it runs (a refill waits on
+/// it, a request does not).
+const RESUME_POLL: Duration = Duration::from_millis(2);
 
 /// Whether a VM may come from a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -509,22 +515,6 @@ impl Store {
     }
 
     fn build_in(&self, spec: &VmSpec, key: &Key, work: &Path) -> Result<Template, TemplateError> {
-        let empty = work.join("empty");
-        fs::create_dir(&empty).map_err(io_err(format!("cannot create {}", empty.display())))?;
-        let mut tspec = spec.clone();
-        tspec.id = format!("tpl-{}-{}", &key.as_str()[..12], std::process::id());
-        tspec.templates = TemplateMode::Off;
-        tspec.pool = crate::pool::PoolMode::Off;
-        tspec.owned_dir = None;
-        tspec.shares = spec
-            .shares
-            .iter()
-            .map(|s| Share {
-                tag: s.tag.clone(),
-                host_path: empty.clone(),
-                readonly: true,
-            })
-            .collect();
         let state_path = work.join("state");
         let state = OpenOptions::new()
             .write(true)
@@ -532,17 +522,9 @@ impl Store {
             .mode(0o600)
             .open(&state_path)
             .map_err(io_err(format!("cannot create {}", state_path.display())))?;
-        let t0 = Instant::now();
-        let mut vm = Vm::boot(&tspec, &Start::Template)?;
-        let boot = t0.elapsed();
-        let ready = vm.ready().clone();
-        let t1 = Instant::now();
-        save(&mut vm, &tspec, &state)?;
-        let save_time = t1.elapsed();
-        // Saved and stopped: the template's own VM ends here.
-        vm.kill();
-        drop(vm);
+        let taken = take(spec, key, work, None, &state)?;
         drop(state);
+        let (ready, boot, save_time) = (taken.ready, taken.boot, taken.save);
         let mut f = File::open(&state_path)
             .map_err(io_err(format!("cannot open {}", state_path.display())))?;
         let state_bytes = f
@@ -582,7 +564,6 @@ impl Store {
         m.write_all(&serde_json::to_vec_pretty(&meta).expect("meta serialises"))
             .map_err(io_err(format!("cannot write {}", meta_path.display())))?;
         drop(m);
-        fs::remove_dir(&empty).map_err(io_err(format!("cannot remove {}", empty.display())))?;
         let dest = self.path(key);
         // Whatever is there is stale or corrupt (find said so).
         self.discard(key);
@@ -610,9 +591,74 @@ impl Store {
     }
 }
 
+/// What taking a template's VM gave.
+struct Taken {
+    ready: Ready,
+    boot: Duration,
+    save: Duration,
+}
+
+/// Boots the template VM of `spec` (its id `tpl-KEY12-PID`, each share an
+/// empty directory under `work`, `ram` its guest RAM when a memfd), saves
+/// it into `state` at Ready and kills it: when this returns, the VM is
+/// gone.
+fn take(
+    spec: &VmSpec,
+    key: &Key,
+    work: &Path,
+    ram: Option<std::os::fd::RawFd>,
+    state: &File,
+) -> Result<Taken, TemplateError> {
+    let empty = work.join("empty");
+    fs::create_dir(&empty).map_err(io_err(format!("cannot create {}", empty.display())))?;
+    let mut tspec = spec.clone();
+    tspec.id = format!("tpl-{}-{}", &key.as_str()[..12], std::process::id());
+    tspec.templates = TemplateMode::Off;
+    tspec.pool = crate::pool::PoolMode::Off;
+    tspec.owned_dir = None;
+    tspec.shares = spec
+        .shares
+        .iter()
+        .map(|s| Share {
+            tag: s.tag.clone(),
+            host_path: empty.clone(),
+            readonly: true,
+        })
+        .collect();
+    let t0 = Instant::now();
+    let mut vm = Vm::boot(&tspec, &Start::Template { ram })?;
+    let boot = t0.elapsed();
+    let ready = vm.ready().clone();
+    let t1 = Instant::now();
+    let saved = save(&mut vm, &tspec, state, ram.is_some());
+    let save_time = t1.elapsed();
+    // Saved and stopped (or failed): the template's own VM ends here.
+    vm.kill();
+    drop(vm);
+    let _ = fs::remove_dir(&empty);
+    saved?;
+    Ok(Taken {
+        ready,
+        boot,
+        save: save_time,
+    })
+}
+
+/// The migration capability that leaves RAM backed by a shared file out of
+/// the stream: set on the template's VM and on each of its clones.
+fn ignore_shared(q: &mut Qmp, timeout: Duration) -> Result<(), QmpError> {
+    q.execute(
+        "migrate-set-capabilities",
+        serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
+        timeout,
+    )
+    .map(|_| ())
+}
+
 /// Migrates the template's VM, running, into `state`; QEMU stops it at the
-/// end of the migration.
-fn save(vm: &mut Vm, spec: &VmSpec, state: &File) -> Result<(), TemplateError> {
+/// end of the migration. `without_ram`: its RAM is a shared file, left out
+/// of the stream.
+fn save(vm: &mut Vm, spec: &VmSpec, state: &File, without_ram: bool) -> Result<(), TemplateError> {
     let id = spec.id.clone();
     let qmp_err = |source| TemplateError::Qmp {
         id: id.clone(),
@@ -621,6 +667,9 @@ fn save(vm: &mut Vm, spec: &VmSpec, state: &File) -> Result<(), TemplateError> {
     let stream = vm.take_qmp().expect("a template VM has a QMP channel");
     let timeout = spec.deadlines.reply;
     let mut q = Qmp::connect(stream, timeout).map_err(qmp_err)?;
+    if without_ram {
+        ignore_shared(&mut q, timeout).map_err(qmp_err)?;
+    }
     use std::os::fd::AsFd;
     q.pass_fd("state", state.as_fd(), timeout)
         .map_err(qmp_err)?;
@@ -681,8 +730,62 @@ pub fn restore(spec: &VmSpec, t: &Template) -> Result<Vm, VmError> {
         &Start::Restore {
             state: &t.state,
             ready: t.meta.ready(),
+            ram: None,
         },
     )
+}
+
+/// Brings a clone started with `-incoming defer` in: the capability its
+/// template was saved with, `migrate-incoming` from the inherited fd
+/// `state`, then QMP is polled until the guest runs (QEMU resumes it by
+/// itself: the template was running when saved). A stream QEMU cannot
+/// load ends QEMU, which reads here as QMP closing.
+pub(crate) fn resume(
+    id: &str,
+    stream: std::os::unix::net::UnixStream,
+    state: std::os::fd::RawFd,
+    timeout: Duration,
+) -> Result<(), VmError> {
+    let failed = |what: &str, e: QmpError| VmError::Resume {
+        id: id.to_string(),
+        why: format!("{what}: {e}"),
+    };
+    let deadline = Instant::now() + timeout;
+    let mut q = Qmp::connect(stream, timeout).map_err(|e| failed("QMP", e))?;
+    ignore_shared(&mut q, timeout).map_err(|e| failed("setting x-ignore-shared", e))?;
+    q.execute(
+        "migrate-incoming",
+        serde_json::json!({"uri": format!("fd:{state}")}),
+        timeout,
+    )
+    .map_err(|e| failed("migrate-incoming", e))?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now()).max(POLL);
+        let r = q
+            .execute("query-status", serde_json::json!({}), left)
+            .map_err(|e| failed("query-status", e))?;
+        let status = r.get("status").and_then(|s| s.as_str()).unwrap_or("");
+        match status {
+            "running" => return Ok(()),
+            "inmigrate" | "prelaunch" | "finish-migrate" | "restore-vm" => {}
+            other => {
+                return Err(VmError::Resume {
+                    id: id.to_string(),
+                    why: format!(
+                        "the clone is {} after its incoming migration",
+                        mu2_protocol::text::sanitize(other, 64)
+                    ),
+                })
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(VmError::Resume {
+                id: id.to_string(),
+                why: format!("not running within {timeout:?}"),
+            });
+        }
+        std::thread::sleep(RESUME_POLL);
+    }
 }
 
 /// [`crate::Vm::launch`]'s template path: a clone of the spec's template,
