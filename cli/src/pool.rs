@@ -99,7 +99,7 @@ pub fn status(prometheus: bool, out: &mut impl Write) -> Result<(), PoolCmdError
     for sh in &s.shapes {
         writeln!(
             out,
-            "  {} MiB {} vCPU: {}/{} warm ({}), {} hits, {} misses, {} refills ({:.2}/s, last {} ms), {} failures{}",
+            "  {} MiB {} vCPU: {}/{} warm ({}), {} hits, {} misses ({} restored from the shared template), {} refills ({:.2}/s, last {} ms), {} failures{}",
             sh.memory_mib,
             sh.vcpus,
             sh.warm,
@@ -111,6 +111,7 @@ pub fn status(prometheus: bool, out: &mut impl Write) -> Result<(), PoolCmdError
             },
             sh.hits,
             sh.misses,
+            sh.template_handouts,
             sh.refills,
             sh.refill_rate,
             sh.refill_ms,
@@ -195,6 +196,12 @@ pub fn prometheus_text(s: &Status) -> String {
         "Warm VMs the pool aims to keep.",
         "gauge",
         per(&|sh| sh.target.to_string()),
+    );
+    gauge(
+        "mu2_pool_template_handouts_total",
+        "Misses answered with the shared template, restored from by the lessee.",
+        "counter",
+        per(&|sh| sh.template_handouts.to_string()),
     );
     gauge(
         "mu2_pool_hits_total",

@@ -233,10 +233,31 @@ fn now_s() -> u64 {
 
 #[test]
 fn leased_vms_answer_and_are_strangers_with_the_hosts_clock() {
+    strangers(2, LEASED);
+}
+
+/// The same of two clones the lessees restore themselves from the pool's
+/// shared template (a pool that keeps no warm VM hands it out on a miss).
+#[test]
+fn clones_of_the_pools_shared_template_are_strangers_with_the_hosts_clock() {
+    strangers(0, "restored from the pool's shared template");
+}
+
+/// Two requests at once through a pool of `warm` VMs, each of which must
+/// say `how` it got its VM: they answer from their own images, with their
+/// own random bytes and boot_id, the host's clock, and neither sees the
+/// other's files or processes.
+fn strangers(warm: u32, how: &str) {
     let Some(base) = setup() else { return };
-    let mut pool = Pool::new("warm = 2\nshapes = [{ memory_mib = 256, vcpus = 1 }]", None);
+    let mut pool = Pool::new(
+        &format!("warm = {warm}\nshapes = [{{ memory_mib = 256, vcpus = 1 }}]"),
+        None,
+    );
     pool.start();
-    pool.wait_warm(2);
+    pool.wait_for("its shared template", |s| {
+        s.shapes.iter().any(|sh| sh.shared_template)
+    });
+    pool.wait_warm(warm);
     // Warm long enough that a clock left as restored would be behind.
     std::thread::sleep(Duration::from_secs(2));
     let script = "mu2-probe urandom 16; mu2-probe getrandom 16; \
@@ -282,7 +303,7 @@ fn leased_vms_answer_and_are_strangers_with_the_hosts_clock() {
     drop(hogs);
     let mut seen = Vec::new();
     for (before, out, after) in &runs {
-        assert!(out.stderr_str().contains(LEASED), "{}", out.stderr_str());
+        assert!(out.stderr_str().contains(how), "{}", out.stderr_str());
         let text = ok(out);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 7, "{text}");
@@ -304,10 +325,14 @@ fn leased_vms_answer_and_are_strangers_with_the_hosts_clock() {
     assert_ne!(seen[0].1, seen[1].1, "getrandom is the same in both");
     assert_ne!(seen[0].2, seen[1].2, "boot_id is the same in both");
     let s = pool.status().unwrap();
-    assert_eq!(s.leases, 2, "{s:?}");
-    assert_eq!(s.shapes[0].hits, 2, "{s:?}");
+    if warm == 0 {
+        assert_eq!(s.shapes[0].template_handouts, 2, "{s:?}");
+    } else {
+        assert_eq!(s.leases, 2, "{s:?}");
+        assert_eq!(s.shapes[0].hits, 2, "{s:?}");
+    }
     // The pool refills behind the leases.
-    pool.wait_warm(2);
+    pool.wait_warm(warm);
     let pid = pool.pid();
     pool.kill(nix::sys::signal::Signal::SIGTERM);
     assert!(!pool.socket.exists(), "the socket stays after SIGTERM");
@@ -471,20 +496,29 @@ fn a_pool_that_is_down_slow_or_empty_costs_only_a_fallback() {
     hold.join().unwrap();
     std::fs::remove_file(&pool.socket).unwrap();
 
-    // Empty: a pool with no warm VMs answers a miss.
+    // Empty: a pool with no warm VMs answers a miss, with its shared
+    // template once it has one; the lessee restores from that itself.
     let mut pool = Pool::new("warm = 0\nlease_timeout = \"2s\"", None);
     pool.start();
-    pool.wait_for("an answer", |_| true);
+    let s = pool.wait_for("its shared template", |s| {
+        s.shapes.iter().any(|sh| sh.shared_template)
+    });
+    assert!(s.template_kib >= 256 << 10, "{s:?}");
+    assert_eq!(s.shapes[0].warm, 0, "{s:?}");
     let out = pool.run(&b);
     assert_eq!(ok(&out), "answered\n");
+    let log = out.stderr_str();
     assert!(
-        out.stderr_str().contains("pool miss"),
-        "{}",
-        out.stderr_str()
+        log.contains("pool miss") && log.contains("restored from the pool's shared template"),
+        "{log}"
     );
     let s = pool.status().unwrap();
     assert_eq!(s.shapes[0].misses, 1, "{s:?}");
+    assert_eq!(s.shapes[0].template_handouts, 1, "{s:?}");
     assert_eq!(s.leases, 0);
+    let pid = pool.pid();
+    pool.kill(nix::sys::signal::Signal::SIGTERM);
+    pool.assert_nothing_left_of(pid);
 }
 
 /// The shapes a bundle asks for are the pool's to learn: a miss of a new

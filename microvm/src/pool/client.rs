@@ -105,6 +105,10 @@ pub(crate) fn lease(spec: &VmSpec, socket: &Path, timeout: Duration) -> Option<V
         &[],
     );
     let answer = asked.and_then(|()| wire::recv::<Response>(&conn, LeaseFds::COUNT));
+    if let Ok((Response::Template { why, template }, fds)) = answer {
+        drop(conn);
+        return restore_shared(spec, &why, *template, fds, t0);
+    }
     let (info, share, warm_ms, fds) = match answer {
         Ok((
             Response::Leased {
@@ -187,4 +191,52 @@ pub(crate) fn lease(spec: &VmSpec, socket: &Path, timeout: Duration) -> Option<V
         t0.elapsed()
     );
     Some(vm)
+}
+
+/// A miss answered with the pool's shared template: a clone of it for
+/// `spec`, launched here like any restore (the request's own shares, jail
+/// and record); `None` (after a log line) when the template is not one to
+/// trust or the clone failed, and the caller restores from the template
+/// file instead.
+fn restore_shared(
+    spec: &VmSpec,
+    why: &str,
+    info: crate::template::SharedInfo,
+    fds: Vec<std::os::fd::OwnedFd>,
+    t0: Instant,
+) -> Option<Vm> {
+    let id = &spec.id;
+    let why = mu2_protocol::text::sanitize(why, 200);
+    let Ok([ram, state]) = <[std::os::fd::OwnedFd; 2]>::try_from(fds) else {
+        log::warn!(
+            "vm {id}: pool miss ({why}); its template came without its two memfds; restoring"
+        );
+        return None;
+    };
+    let t = match crate::template::SharedTemplate::adopt(spec, info, ram, state) {
+        Ok(t) => t,
+        Err(e) => {
+            log::warn!("vm {id}: pool miss ({why}); its template was refused: {e}; restoring");
+            return None;
+        }
+    };
+    let handed = t0.elapsed();
+    match t.restore(spec, None) {
+        Ok(mut vm) => {
+            vm.set_boot_time(t0.elapsed());
+            log::info!(
+                "vm {id}: pool miss ({why}); restored from the pool's shared template {} (handed over {handed:?}, in all {:?})",
+                &t.key().as_str()[..12],
+                t0.elapsed()
+            );
+            Some(vm)
+        }
+        Err(e) => {
+            log::warn!(
+                "vm {id}: pool miss ({why}); restoring from its shared template failed: {}; restoring",
+                crate::describe_error(&e)
+            );
+            None
+        }
+    }
 }

@@ -101,6 +101,10 @@ pub struct ShapeStatus {
     /// the template file's stream into memory of its own).
     #[serde(default)]
     pub shared_template: bool,
+    /// Misses answered with the shared template (the lessee restored from
+    /// it).
+    #[serde(default)]
+    pub template_handouts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
@@ -128,6 +132,7 @@ struct ShapeSet {
     shared: Option<Arc<SharedTemplate>>,
     /// No shared template before this (the last build failed).
     shared_next_try: Instant,
+    template_handouts: u64,
 }
 
 impl ShapeSet {
@@ -136,6 +141,22 @@ impl ShapeSet {
         let vms = u64::from(self.warm.len() as u32 + self.building);
         u64::from(self.base.memory_mib) * (vms + u64::from(self.shared.is_some()))
     }
+}
+
+/// The refill thread's next step.
+enum Next {
+    Stop,
+    Idle,
+    Job(Box<Job>),
+}
+
+/// A refill: the set's shared template first if it needs one, then (with
+/// `make_vm`) one warm VM.
+struct Job {
+    set: usize,
+    base: VmSpec,
+    shared: Shared,
+    make_vm: bool,
 }
 
 /// Where a refill's clone comes from.
@@ -237,6 +258,7 @@ impl Pool {
             next_try: Instant::now(),
             shared: None,
             shared_next_try: Instant::now(),
+            template_handouts: 0,
         }
     }
 
@@ -380,7 +402,8 @@ impl Pool {
         let taken = self.take(shape);
         let warm = match taken {
             Ok(w) => w,
-            Err(why) => {
+            Err((why, Some(t))) => return self.hand_template(conn, shape, why, &t),
+            Err((why, None)) => {
                 let _ = wire::send(conn, &Response::Miss { why }, &[]);
                 return;
             }
@@ -428,9 +451,32 @@ impl Pool {
         }
     }
 
+    /// A miss with a shared template: the lessee restores from it itself.
+    fn hand_template(&self, conn: &UnixStream, shape: &ShapeKey, why: String, t: &SharedTemplate) {
+        let (info, fds) = match t.handout() {
+            Ok(h) => h,
+            Err(e) => {
+                log::warn!("pool: cannot hand out a shared template: {e}");
+                let _ = wire::send(conn, &Response::Miss { why }, &[]);
+                return;
+            }
+        };
+        let answer = Response::Template {
+            why,
+            template: Box::new(info),
+        };
+        if wire::send(conn, &answer, &fds).is_ok() {
+            let mut st = self.lock();
+            if let Some(set) = st.sets.iter_mut().find(|s| &s.key == shape) {
+                set.template_handouts += 1;
+            }
+        }
+    }
+
     /// A live warm VM of `shape`, or why there is none (a miss, which may
-    /// teach the pool a new shape).
-    fn take(&self, shape: &ShapeKey) -> Result<WarmVm, String> {
+    /// teach the pool a new shape) and the shape's shared template if it
+    /// has one.
+    fn take(&self, shape: &ShapeKey) -> Result<WarmVm, (String, Option<Arc<SharedTemplate>>)> {
         let mut st = self.lock();
         let pos = st.sets.iter().position(|s| &s.key == shape);
         let Some(pos) = pos else {
@@ -453,9 +499,9 @@ impl Pool {
                 set.misses = 1;
                 st.sets.push(set);
                 self.wake.notify_all();
-                return Err("a new shape: warm VMs of it are on their way".into());
+                return Err(("a new shape: warm VMs of it are on their way".into(), None));
             }
-            return Err("the pool keeps no VM of this shape".into());
+            return Err(("the pool keeps no VM of this shape".into(), None));
         };
         let set = &mut st.sets[pos];
         while let Some(mut w) = set.warm.pop_front() {
@@ -469,108 +515,142 @@ impl Pool {
         }
         set.misses += 1;
         self.wake.notify_all();
-        Err("no warm VM of this shape now".into())
+        Err(("no warm VM of this shape now".into(), set.shared.clone()))
     }
 
     fn refill_loop(self: Arc<Self>) {
         loop {
             self.reap(false);
-            let job = {
-                let mut st = self.lock();
-                if st.stopping {
-                    return;
-                }
-                self.drop_dead(&mut st);
-                let used: u64 = st.sets.iter().map(ShapeSet::memory).sum();
-                let now = Instant::now();
-                let budget = self.cfg.max_mib;
-                let pick = st
-                    .sets
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| {
-                        // A set without its shared template may build one.
-                        let room =
-                            u64::from(s.base.memory_mib) * if s.shared.is_none() { 2 } else { 1 };
-                        (s.warm.len() as u32 + s.building) < s.target
-                            && s.next_try <= now
-                            && used + room <= budget
-                    })
-                    .min_by_key(|(_, s)| s.warm.len() as u32 + s.building)
-                    .map(|(i, _)| i);
-                match pick {
-                    Some(i) => {
-                        let set = &mut st.sets[i];
-                        set.building += 1;
-                        let shared = match &set.shared {
-                            Some(t) => Shared::Ready(Arc::clone(t)),
-                            None if set.shared_next_try <= now => Shared::Build,
-                            None => Shared::Stream,
-                        };
-                        Some((i, set.base.clone(), shared))
-                    }
-                    None => {
-                        let (st, _) = self
-                            .wake
-                            .wait_timeout(st, Duration::from_millis(500))
-                            .unwrap_or_else(|e| e.into_inner());
-                        drop(st);
-                        None
-                    }
-                }
-            };
-            let Some((i, base, shared)) = job else {
-                continue;
-            };
-            let (shared, built) = match shared {
-                Shared::Ready(t) => (Some(t), None),
-                Shared::Stream => (None, None),
-                Shared::Build => match self.build_shared(&base) {
-                    Ok(t) => (Some(Arc::clone(&t)), Some(Ok(t))),
-                    Err(e) => (None, Some(Err(e))),
-                },
-            };
-            let t0 = Instant::now();
-            let made = self.make_warm(&base, shared.as_deref());
-            let mut st = self.lock();
-            let set = &mut st.sets[i];
-            set.building -= 1;
-            match built {
-                Some(Ok(t)) => set.shared = Some(t),
-                Some(Err(e)) => {
-                    log::warn!(
-                        "pool: no shared template for {} MiB, {} vCPU ({e}); warm VMs load the template file for the next {SHARED_RETRY:?}",
-                        base.memory_mib,
-                        base.vcpus
-                    );
-                    set.last_error = Some(e);
-                    set.shared_next_try = Instant::now() + SHARED_RETRY;
-                }
-                None => {}
-            }
-            if let Err((_, true)) = &made {
-                // It could not resume from this template: built again next.
-                set.shared = None;
-            }
-            let made = made.map_err(|(e, _)| e);
-            match made {
-                Ok(w) => {
-                    set.refills += 1;
-                    set.refill_ms = t0.elapsed().as_millis() as u64;
-                    log::debug!("pool: vm {} warm in {:?}", w.vm.id(), t0.elapsed());
-                    if st.stopping {
+            match self.next_job() {
+                Next::Stop => return,
+                Next::Idle => {}
+                Next::Job(job) => {
+                    if !self.run_job(job) {
                         return;
                     }
-                    st.sets[i].warm.push_back(w);
-                }
-                Err(e) => {
-                    log::warn!("pool: refill failed: {e}");
-                    set.failures += 1;
-                    set.last_error = Some(e);
-                    set.next_try = Instant::now() + REFILL_BACKOFF;
                 }
             }
         }
+    }
+
+    /// What the refill thread does next: the set furthest below its target
+    /// gets a warm VM; else a set without its shared template gets one
+    /// (a pool with `warm = 0` keeps templates only); else it waits a
+    /// moment for a lease or a stop.
+    fn next_job(&self) -> Next {
+        let mut st = self.lock();
+        if st.stopping {
+            return Next::Stop;
+        }
+        self.drop_dead(&mut st);
+        let used: u64 = st.sets.iter().map(ShapeSet::memory).sum();
+        let now = Instant::now();
+        let budget = self.cfg.max_mib;
+        let template_due =
+            |s: &ShapeSet| s.shared.is_none() && s.shared_next_try <= now && s.next_try <= now;
+        let wants_vm = |s: &ShapeSet| {
+            // A set without its shared template may build one first.
+            let mem = u64::from(s.base.memory_mib);
+            let room = mem * if template_due(s) { 2 } else { 1 };
+            (s.warm.len() as u32 + s.building) < s.target
+                && s.next_try <= now
+                && used + room <= budget
+        };
+        let sets = st.sets.iter().enumerate();
+        let vm = sets
+            .clone()
+            .filter(|(_, s)| wants_vm(s))
+            .min_by_key(|(_, s)| s.warm.len() as u32 + s.building)
+            .map(|(i, _)| (i, true));
+        let template = sets
+            .filter(|(_, s)| template_due(s) && used + u64::from(s.base.memory_mib) <= budget)
+            .map(|(i, _)| (i, false))
+            .next();
+        let Some((i, make_vm)) = vm.or(template) else {
+            let (st, _) = self
+                .wake
+                .wait_timeout(st, Duration::from_millis(500))
+                .unwrap_or_else(|e| e.into_inner());
+            drop(st);
+            return Next::Idle;
+        };
+        let set = &mut st.sets[i];
+        if make_vm {
+            set.building += 1;
+        }
+        let shared = match &set.shared {
+            Some(t) => Shared::Ready(Arc::clone(t)),
+            None if template_due(set) => Shared::Build,
+            None => Shared::Stream,
+        };
+        Next::Job(Box::new(Job {
+            set: i,
+            base: set.base.clone(),
+            shared,
+            make_vm,
+        }))
+    }
+
+    /// Builds the set's shared template if the job says so, then makes its
+    /// warm VM if it says so. False once the pool is stopping.
+    fn run_job(&self, job: Box<Job>) -> bool {
+        let Job {
+            set: i,
+            base,
+            shared,
+            make_vm,
+        } = *job;
+        let (shared, built) = match shared {
+            Shared::Ready(t) => (Some(t), None),
+            Shared::Stream => (None, None),
+            Shared::Build => match self.build_shared(&base) {
+                Ok(t) => (Some(Arc::clone(&t)), Some(Ok(t))),
+                Err(e) => (None, Some(Err(e))),
+            },
+        };
+        let t0 = Instant::now();
+        let made = make_vm.then(|| self.make_warm(&base, shared.as_deref()));
+        let mut st = self.lock();
+        let set = &mut st.sets[i];
+        match built {
+            Some(Ok(t)) => set.shared = Some(t),
+            Some(Err(e)) => {
+                log::warn!(
+                    "pool: no shared template for {} MiB, {} vCPU ({e}); warm VMs load the template file for the next {SHARED_RETRY:?}",
+                    base.memory_mib,
+                    base.vcpus
+                );
+                set.last_error = Some(e);
+                set.shared_next_try = Instant::now() + SHARED_RETRY;
+            }
+            None => {}
+        }
+        let Some(made) = made else {
+            return !st.stopping;
+        };
+        set.building -= 1;
+        if let Err((_, true)) = &made {
+            // It could not resume from this template: built again next.
+            set.shared = None;
+        }
+        match made {
+            Ok(w) => {
+                set.refills += 1;
+                set.refill_ms = t0.elapsed().as_millis() as u64;
+                log::debug!("pool: vm {} warm in {:?}", w.vm.id(), t0.elapsed());
+                if st.stopping {
+                    return false;
+                }
+                st.sets[i].warm.push_back(w);
+            }
+            Err((e, _)) => {
+                log::warn!("pool: refill failed: {e}");
+                set.failures += 1;
+                set.last_error = Some(e);
+                set.next_try = Instant::now() + REFILL_BACKOFF;
+            }
+        }
+        true
     }
 
     /// Removes warm VMs whose QEMU ended; one that ended early says its
@@ -734,6 +814,7 @@ impl Pool {
                 refill_ms: set.refill_ms,
                 refill_rate: set.refills as f64 / up,
                 shared_template: set.shared.is_some(),
+                template_handouts: set.template_handouts,
                 last_error: set.last_error.clone(),
             });
         }

@@ -4,7 +4,7 @@
 //!
 //! 1. the client sends a [`Request`];
 //! 2. the pool answers a [`Response`] (a `Leased` one with exactly
-//!    [`crate::vm::LeaseFds::COUNT`] fds);
+//!    [`crate::vm::LeaseFds::COUNT`] fds, a `Template` one with two);
 //! 3. after `Leased`, the client says whether it took the VM over
 //!    ([`Ack`]); a VM not taken, or not acknowledged in time, is killed by
 //!    the pool.
@@ -80,6 +80,13 @@ pub enum Response {
     /// No warm VM of that shape now.
     Miss {
         why: String,
+    },
+    /// No warm VM of that shape now, but its shared template, to restore
+    /// from: its RAM and device state memfds ride on the message, in that
+    /// order.
+    Template {
+        why: String,
+        template: Box<crate::template::SharedInfo>,
     },
     Status {
         status: super::server::Status,

@@ -11,7 +11,8 @@
 //! read-only by the host. The guest RAM travels in the stream: QEMU 7.2
 //! (Debian 12) cannot map a template's RAM file copy-on-write without
 //! opening it writable, and a clone able to write the template could reach
-//! every later clone.
+//! every later clone. The pool's templates are not files but sealed memfds
+//! its clones map copy-on-write ([`shared`]).
 //!
 //! On disk, under the configured directory (default `/run/mu2/templates`,
 //! root-only): `<key>/state` (the stream) and `<key>/meta.json` (what it is,
@@ -41,7 +42,7 @@ use crate::spec::{Share, VmSpec};
 use crate::vm::{Start, Vm, VmError};
 
 mod shared;
-pub use shared::{is_sealed, seals, SharedTemplate};
+pub use shared::{is_sealed, seals, SharedInfo, SharedTemplate};
 
 /// Where templates live unless configured otherwise.
 pub const DEFAULT_TEMPLATE_DIR: &str = "/run/mu2/templates";

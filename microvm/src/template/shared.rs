@@ -42,6 +42,19 @@ const SEALS: SealFlag = SealFlag::F_SEAL_SEAL
 /// QEMU, reaped already) to go.
 const SEAL_WAIT: Duration = Duration::from_secs(2);
 
+/// What a pool says of a shared template it hands out (its two memfds ride
+/// on the message).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedInfo {
+    pub key: String,
+    pub memory_mib: u32,
+    pub protocol_version: u32,
+    pub agent_version: String,
+    pub kernel_release: String,
+    pub uptime_ns: u64,
+}
+
 /// A template whose RAM and device state are sealed memfds of this process.
 pub struct SharedTemplate {
     key: Key,
@@ -149,6 +162,68 @@ impl SharedTemplate {
         nix::sys::stat::fstat(self.ram.as_raw_fd())
             .map(|st| st.st_blocks as u64 * 512)
             .unwrap_or(0)
+    }
+
+    /// What a lessee needs to restore from this template itself (a pool
+    /// miss): its description and copies of both memfds.
+    pub fn handout(&self) -> io::Result<(SharedInfo, [OwnedFd; 2])> {
+        let info = SharedInfo {
+            key: self.key.as_str().to_string(),
+            memory_mib: self.memory_mib,
+            protocol_version: self.ready.protocol_version,
+            agent_version: self.ready.agent_version.clone(),
+            kernel_release: self.ready.kernel_release.clone(),
+            uptime_ns: self.ready.uptime_ns,
+        };
+        Ok((info, [self.ram.try_clone()?, self.state.try_clone()?]))
+    }
+
+    /// A template handed out by a pool, for `spec`: refused unless it is
+    /// of `spec`'s key, both memfds carry every seal, and the RAM is the
+    /// guest's size.
+    pub fn adopt(
+        spec: &VmSpec,
+        info: SharedInfo,
+        ram: OwnedFd,
+        state: OwnedFd,
+    ) -> Result<SharedTemplate, String> {
+        let key = Key::of(spec).map_err(|e| crate::describe_error(&e))?;
+        if info.key != key.as_str() {
+            return Err(format!(
+                "a template of another key ({})",
+                mu2_protocol::text::sanitize(&info.key, 80)
+            ));
+        }
+        if info.memory_mib != spec.memory_mib {
+            return Err(format!("a template of {} MiB", info.memory_mib));
+        }
+        if !is_sealed(ram.as_fd()) || !is_sealed(state.as_fd()) {
+            return Err("a template that is not sealed".into());
+        }
+        let size = |fd: &OwnedFd| nix::sys::stat::fstat(fd.as_raw_fd()).map(|st| st.st_size as u64);
+        match size(&ram) {
+            Ok(n) if n == u64::from(spec.memory_mib) << 20 => {}
+            other => return Err(format!("template RAM of {other:?} bytes")),
+        }
+        let state_bytes = match size(&state) {
+            Ok(n) if n > 0 && n <= MAX_DEVICE_STATE => n,
+            other => return Err(format!("a device state of {other:?} bytes")),
+        };
+        Ok(SharedTemplate {
+            key,
+            ready: Ready {
+                protocol_version: info.protocol_version,
+                agent_version: mu2_protocol::text::sanitize(&info.agent_version, 64),
+                kernel_release: mu2_protocol::text::sanitize(&info.kernel_release, 128),
+                uptime_ns: info.uptime_ns,
+            },
+            memory_mib: info.memory_mib,
+            ram,
+            state,
+            state_bytes,
+            boot: Duration::ZERO,
+            save: Duration::ZERO,
+        })
     }
 
     /// A clone for `spec` (of this template's key); `lifeline`: a warm VM
