@@ -72,11 +72,13 @@ fn check_pool() -> bool {
         Ok(s) => {
             let warm: u32 = s.shapes.iter().map(|sh| sh.warm).sum();
             let target: u32 = s.shapes.iter().map(|sh| sh.target).sum();
+            let shared = s.shapes.iter().filter(|sh| sh.shared_template).count();
             println!(
-                "pool: pid {} serves {} ({warm} of {target} warm VMs in {} shapes; {} of {} MiB; {} leases)",
+                "pool: pid {} serves {} ({warm} of {target} warm VMs in {} shapes, {shared} with a shared template of {} MiB in all; {} of {} MiB; {} leases)",
                 s.pid,
                 socket.display(),
                 s.shapes.len(),
+                s.template_kib >> 10,
                 s.warm_mib,
                 s.budget_mib,
                 s.leases

@@ -224,6 +224,16 @@ fn ok(out: &Output) -> String {
     out.stdout_str()
 }
 
+/// User and system CPU of process `pid`, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command's closing parenthesis; utime and stime
+    // are the 14th and 15th of the line.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
 fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -258,8 +268,25 @@ fn strangers(warm: u32, how: &str) {
         s.shapes.iter().any(|sh| sh.shared_template)
     });
     pool.wait_warm(warm);
-    // Warm long enough that a clock left as restored would be behind.
+    // Warm long enough that a clock left as restored would be behind; and
+    // a warm VM that settled waits stopped: its QEMU takes next to no CPU
+    // meanwhile (a running idle guest takes ~35 ms a second).
     std::thread::sleep(Duration::from_secs(2));
+    let warm_qemus: Vec<u32> = processes_with(&format!("mu2-mu2p-{}-", pool.pid()))
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("qemu-system"))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(warm_qemus.len(), warm as usize, "{warm_qemus:?}");
+    let before: Vec<u64> = warm_qemus.iter().map(|p| cpu_ticks(*p)).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    for (p, b) in warm_qemus.iter().zip(before) {
+        let used = cpu_ticks(*p) - b;
+        assert!(
+            used <= 2,
+            "warm VM's QEMU {p} used {used} ticks of CPU in 2 s"
+        );
+    }
     let script = "mu2-probe urandom 16; mu2-probe getrandom 16; \
                   cat /proc/sys/kernel/random/boot_id; date +%s; \
                   echo $MARK > /tmp/mark; sleep 3 & sleep 1; ls /tmp; \
@@ -455,13 +482,26 @@ fn a_pool_killed_mid_refill_leaves_nothing_after_gc() {
         std::thread::sleep(Duration::from_millis(20));
     }
     pool.kill(nix::sys::signal::Signal::SIGKILL);
+    // The template VM dies with the pool (its jailer's parent death
+    // signal): wait for that, bounded, so that the gc below is the "next"
+    // one (a gc racing a dying VMM keeps its record for the one after).
+    let end = Instant::now() + Duration::from_secs(30);
+    let template_vm = || {
+        processes_with("mu2-tpl-")
+            .into_iter()
+            .filter(|(_, c)| c.contains(&builder))
+            .collect::<Vec<_>>()
+    };
+    while !template_vm().is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = template_vm();
+    assert!(
+        left.is_empty(),
+        "the template VM outlived the pool: {left:?}"
+    );
     pool.gc();
     pool.assert_nothing_left_of(pid);
-    let left: Vec<_> = processes_with("mu2-tpl-")
-        .into_iter()
-        .filter(|(_, c)| c.contains(&builder))
-        .collect();
-    assert!(left.is_empty(), "the template VM is left: {left:?}");
     assert!(!building(), "the template build is left after gc");
 }
 

@@ -265,6 +265,10 @@ pub struct Vm {
     record: RecordGuard,
     /// The QMP channel of a template being built.
     qmp: Option<UnixStream>,
+    /// A warm VM's QMP session, and whether it was stopped through it
+    /// ([`Vm::stop_warm`], [`Vm::cont`]).
+    monitor: Option<crate::qmp::Qmp>,
+    stopped: bool,
     /// Resumed from a template rather than booted.
     restored: bool,
     /// A warm VM of a pool: its channels are not read until it is leased
@@ -347,6 +351,9 @@ impl Vmm {
         }
     }
 }
+
+/// How long a warm VM's `stop` or `cont` may take (a lessee waits on it).
+const CONT_DEADLINE: Duration = Duration::from_secs(2);
 
 /// How a VM comes up.
 pub(crate) enum Start<'a> {
@@ -537,7 +544,7 @@ impl Vm {
         let stdout = pair(&id)?;
         let stderr = pair(&id)?;
         let qmp = match how {
-            Start::Template { .. } => Some(pair(&id)?),
+            Start::Template { .. } | Start::Warm { .. } => Some(pair(&id)?),
             _ if how.deferred() => Some(pair(&id)?),
             _ => None,
         };
@@ -762,17 +769,28 @@ impl Vm {
             cgroup,
             record,
             qmp,
+            monitor: None,
+            stopped: false,
             restored: how.state().is_some(),
             dormant,
             handed_over: false,
         };
         let up = match how.ready() {
             None => vm.await_ready(spec.deadlines.ready, started),
-            Some(ready) if how.deferred() => {
-                let qmp = vm.take_qmp().expect("a deferred clone has a QMP channel");
-                let state = how.state().expect("a clone has a state").as_raw_fd();
-                crate::template::resume(&id, qmp, state, spec.deadlines.reply)
-                    .map(|()| ready.clone())
+            Some(ready) if how.deferred() || warm => {
+                let qmp = vm
+                    .take_qmp()
+                    .expect("a deferred or warm clone has a QMP channel");
+                let state = how
+                    .deferred()
+                    .then(|| how.state().expect("a clone has a state").as_raw_fd());
+                crate::template::resume(&id, qmp, state, spec.deadlines.reply).map(|q| {
+                    // A warm VM keeps its monitor: its lease lets it run.
+                    if warm {
+                        vm.monitor = Some(q);
+                    }
+                    ready.clone()
+                })
             }
             Some(ready) => Ok(ready.clone()),
         };
@@ -1003,6 +1021,38 @@ impl Vm {
     /// The QMP channel of a template's VM (taken once).
     pub(crate) fn take_qmp(&mut self) -> Option<UnixStream> {
         self.qmp.take()
+    }
+
+    /// Stops a warm VM that has settled since it resumed: idle under TCG,
+    /// a running guest still costs ~35 ms of CPU a second (its timers).
+    pub(crate) fn stop_warm(&mut self) -> Result<(), VmError> {
+        let Some(q) = self.monitor.as_mut() else {
+            return Ok(());
+        };
+        q.execute("stop", serde_json::json!({}), CONT_DEADLINE)
+            .map_err(|e| VmError::Resume {
+                id: self.id.clone(),
+                why: format!("stop: {e}"),
+            })?;
+        self.stopped = true;
+        Ok(())
+    }
+
+    /// Lets a warm VM that [`Vm::stop_warm`] stopped run again (the pool
+    /// does so as it leases it); its monitor closes either way.
+    pub(crate) fn cont(&mut self) -> Result<(), VmError> {
+        let Some(mut q) = self.monitor.take() else {
+            return Ok(());
+        };
+        if !std::mem::take(&mut self.stopped) {
+            return Ok(());
+        }
+        q.execute("cont", serde_json::json!({}), CONT_DEADLINE)
+            .map(|_| ())
+            .map_err(|e| VmError::Resume {
+                id: self.id.clone(),
+                why: format!("cont: {e}"),
+            })
     }
 
     pub fn boot_time(&self) -> Duration {
@@ -1361,6 +1411,8 @@ impl Vm {
             cgroup,
             record,
             qmp: None,
+            monitor: None,
+            stopped: false,
             restored: true,
             dormant: None,
             handed_over: false,

@@ -736,30 +736,34 @@ pub fn restore(spec: &VmSpec, t: &Template) -> Result<Vm, VmError> {
     )
 }
 
-/// Brings a clone started with `-incoming defer` in: the capability its
-/// template was saved with, `migrate-incoming` from the inherited fd
-/// `state`, then QMP is polled until the guest runs (QEMU resumes it by
-/// itself: the template was running when saved). A stream QEMU cannot
-/// load ends QEMU, which reads here as QMP closing.
+/// Brings a clone in over its QMP channel: with `state` (a clone started
+/// with `-incoming defer`), the capability its template was saved with and
+/// `migrate-incoming` from that inherited fd; then QMP is polled until the
+/// guest runs (QEMU resumes it by itself: the template was running when
+/// saved). A stream QEMU cannot load ends QEMU, which reads here as QMP
+/// closing. Returns the QMP session.
 pub(crate) fn resume(
     id: &str,
     stream: std::os::unix::net::UnixStream,
-    state: std::os::fd::RawFd,
+    state: Option<std::os::fd::RawFd>,
     timeout: Duration,
-) -> Result<(), VmError> {
+) -> Result<Qmp, VmError> {
     let failed = |what: &str, e: QmpError| VmError::Resume {
         id: id.to_string(),
         why: format!("{what}: {e}"),
     };
     let deadline = Instant::now() + timeout;
     let mut q = Qmp::connect(stream, timeout).map_err(|e| failed("QMP", e))?;
-    ignore_shared(&mut q, timeout).map_err(|e| failed("setting x-ignore-shared", e))?;
-    q.execute(
-        "migrate-incoming",
-        serde_json::json!({"uri": format!("fd:{state}")}),
-        timeout,
-    )
-    .map_err(|e| failed("migrate-incoming", e))?;
+    if let Some(state) = state {
+        ignore_shared(&mut q, timeout).map_err(|e| failed("setting x-ignore-shared", e))?;
+        q.execute(
+            "migrate-incoming",
+            serde_json::json!({"uri": format!("fd:{state}")}),
+            timeout,
+        )
+        .map_err(|e| failed("migrate-incoming", e))?;
+    }
+    let want = "running";
     loop {
         let left = deadline.saturating_duration_since(Instant::now()).max(POLL);
         let r = q
@@ -767,13 +771,13 @@ pub(crate) fn resume(
             .map_err(|e| failed("query-status", e))?;
         let status = r.get("status").and_then(|s| s.as_str()).unwrap_or("");
         match status {
-            "running" => return Ok(()),
+            s if s == want => return Ok(q),
             "inmigrate" | "prelaunch" | "finish-migrate" | "restore-vm" => {}
             other => {
                 return Err(VmError::Resume {
                     id: id.to_string(),
                     why: format!(
-                        "the clone is {} after its incoming migration",
+                        "the clone is {} after its incoming migration (want {want})",
                         mu2_protocol::text::sanitize(other, 64)
                     ),
                 })
@@ -782,7 +786,7 @@ pub(crate) fn resume(
         if Instant::now() >= deadline {
             return Err(VmError::Resume {
                 id: id.to_string(),
-                why: format!("not running within {timeout:?}"),
+                why: format!("not {want} within {timeout:?}"),
             });
         }
         std::thread::sleep(RESUME_POLL);
