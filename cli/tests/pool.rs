@@ -243,31 +243,47 @@ fn now_s() -> u64 {
 
 #[test]
 fn leased_vms_answer_and_are_strangers_with_the_hosts_clock() {
-    strangers(2, LEASED);
+    strangers(2, LEASED, true);
+}
+
+/// The same with warm VMs cloned from the template file (no shared
+/// template: each loads its RAM from the stream).
+#[test]
+fn leased_clones_of_the_template_file_are_strangers_with_the_hosts_clock() {
+    strangers(2, LEASED, false);
 }
 
 /// The same of two clones the lessees restore themselves from the pool's
 /// shared template (a pool that keeps no warm VM hands it out on a miss).
 #[test]
 fn clones_of_the_pools_shared_template_are_strangers_with_the_hosts_clock() {
-    strangers(0, "restored from the pool's shared template");
+    strangers(0, "restored from the pool's shared template", true);
 }
 
-/// Two requests at once through a pool of `warm` VMs, each of which must
-/// say `how` it got its VM: they answer from their own images, with their
-/// own random bytes and boot_id, the host's clock, and neither sees the
-/// other's files or processes.
-fn strangers(warm: u32, how: &str) {
+/// Two requests at once through a pool of `warm` VMs (cloned from a
+/// `shared` template or from the template file), each of which must say
+/// `how` it got its VM: they answer from their own images, with their own
+/// random bytes and boot_id, the host's clock, and neither sees the other's
+/// files or processes.
+fn strangers(warm: u32, how: &str, shared: bool) {
     let Some(base) = setup() else { return };
     let mut pool = Pool::new(
-        &format!("warm = {warm}\nshapes = [{{ memory_mib = 256, vcpus = 1 }}]"),
+        &format!(
+            "warm = {warm}\nshared_templates = {shared}\nshapes = [{{ memory_mib = 256, vcpus = 1 }}]"
+        ),
         None,
     );
     pool.start();
-    pool.wait_for("its shared template", |s| {
-        s.shapes.iter().any(|sh| sh.shared_template)
-    });
+    if shared {
+        pool.wait_for("its shared template", |s| {
+            s.shapes.iter().any(|sh| sh.shared_template)
+        });
+    }
     pool.wait_warm(warm);
+    if !shared {
+        let s = pool.status().unwrap();
+        assert!(!s.shapes[0].shared_template && s.template_kib == 0, "{s:?}");
+    }
     // Warm long enough that a clock left as restored would be behind; and
     // a warm VM that settled waits stopped: its QEMU takes next to no CPU
     // meanwhile (a running idle guest takes ~35 ms a second).

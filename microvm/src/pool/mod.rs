@@ -82,6 +82,9 @@ pub struct PoolConfig {
     /// Also keep warm a shape that was asked for and missed (up to
     /// [`MAX_SHAPES`] shapes).
     pub learn: bool,
+    /// Clone warm VMs from a shared template in memory (docs/templates.md);
+    /// `false`: from the template file, each loading its own RAM.
+    pub shared_templates: bool,
 }
 
 /// Most shapes the pool keeps.
@@ -104,6 +107,7 @@ struct Section {
     lease_timeout: Option<String>,
     shapes: Option<Vec<Shape>>,
     learn: Option<bool>,
+    shared_templates: Option<bool>,
 }
 
 impl Default for PoolConfig {
@@ -120,6 +124,7 @@ impl Default for PoolConfig {
                 vcpus: 1,
             }],
             learn: true,
+            shared_templates: true,
         }
     }
 }
@@ -188,6 +193,7 @@ impl PoolConfig {
             lease_timeout,
             shapes,
             learn: p.learn.unwrap_or(d.learn),
+            shared_templates: p.shared_templates.unwrap_or(d.shared_templates),
         })
     }
 

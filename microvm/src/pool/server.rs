@@ -566,8 +566,10 @@ impl Pool {
         let used: u64 = st.sets.iter().map(ShapeSet::memory).sum();
         let now = Instant::now();
         let budget = self.cfg.max_mib;
-        let template_due =
-            |s: &ShapeSet| s.shared.is_none() && s.shared_next_try <= now && s.next_try <= now;
+        let shared_on = self.cfg.shared_templates;
+        let template_due = |s: &ShapeSet| {
+            shared_on && s.shared.is_none() && s.shared_next_try <= now && s.next_try <= now
+        };
         let wants_vm = |s: &ShapeSet| {
             // A set without its shared template may build one first.
             let mem = u64::from(s.base.memory_mib);
