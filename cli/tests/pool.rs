@@ -516,7 +516,9 @@ fn a_pool_killed_mid_refill_leaves_nothing_after_gc() {
         left.is_empty(),
         "the template VM outlived the pool: {left:?}"
     );
-    pool.gc();
+    // What gc did (and kept, and why) goes with any failure below.
+    let report = pool.gc();
+    eprintln!("mu2 gc after the kill:\n{report}");
     pool.assert_nothing_left_of(pid);
     assert!(!building(), "the template build is left after gc");
 }

@@ -42,7 +42,7 @@ use crate::spec::{Share, VmSpec};
 use crate::vm::{Start, Vm, VmError};
 
 mod shared;
-pub use shared::{is_sealed, seals, SharedInfo, SharedTemplate};
+pub use shared::{is_sealed, SharedInfo, SharedTemplate};
 
 /// Where templates live unless configured otherwise.
 pub const DEFAULT_TEMPLATE_DIR: &str = "/run/mu2/templates";

@@ -62,9 +62,6 @@ pub struct SharedTemplate {
     memory_mib: u32,
     ram: OwnedFd,
     state: OwnedFd,
-    state_bytes: u64,
-    boot: Duration,
-    save: Duration,
 }
 
 impl SharedTemplate {
@@ -129,27 +126,11 @@ impl SharedTemplate {
             memory_mib: spec.memory_mib,
             ram,
             state,
-            state_bytes,
-            boot: taken.boot,
-            save: taken.save,
         })
     }
 
     pub fn key(&self) -> &Key {
         &self.key
-    }
-
-    pub fn memory_mib(&self) -> u32 {
-        self.memory_mib
-    }
-
-    pub fn state_bytes(&self) -> u64 {
-        self.state_bytes
-    }
-
-    /// The template VM's boot to Ready and its save.
-    pub fn times(&self) -> (Duration, Duration) {
-        (self.boot, self.save)
     }
 
     /// The template's RAM memfd (tests check its seals).
@@ -205,10 +186,10 @@ impl SharedTemplate {
             Ok(n) if n == u64::from(spec.memory_mib) << 20 => {}
             other => return Err(format!("template RAM of {other:?} bytes")),
         }
-        let state_bytes = match size(&state) {
-            Ok(n) if n > 0 && n <= MAX_DEVICE_STATE => n,
+        match size(&state) {
+            Ok(n) if n > 0 && n <= MAX_DEVICE_STATE => {}
             other => return Err(format!("a device state of {other:?} bytes")),
-        };
+        }
         Ok(SharedTemplate {
             key,
             ready: Ready {
@@ -220,16 +201,12 @@ impl SharedTemplate {
             memory_mib: info.memory_mib,
             ram,
             state,
-            state_bytes,
-            boot: Duration::ZERO,
-            save: Duration::ZERO,
         })
     }
 
     /// A clone for `spec` (of this template's key); `lifeline`: a warm VM
     /// for a pool, which lives by that pipe.
     pub fn restore(&self, spec: &VmSpec, lifeline: Option<RawFd>) -> Result<Vm, VmError> {
-        let t0 = Instant::now();
         // A description of its own, at offset 0, read-only.
         let state =
             File::open(format!("/proc/self/fd/{}", self.state.as_raw_fd())).map_err(|source| {
@@ -253,14 +230,7 @@ impl SharedTemplate {
                 ram,
             },
         };
-        let vm = Vm::launch_once(spec, &how)?;
-        log::debug!(
-            "vm {}: resumed from shared template {} in {:?}",
-            spec.id,
-            self.key.as_str(),
-            t0.elapsed()
-        );
-        Ok(vm)
+        Vm::launch_once(spec, &how)
     }
 }
 
@@ -297,8 +267,8 @@ fn seal(fd: BorrowedFd<'_>, what: &str) -> Result<(), TemplateError> {
     }
 }
 
-/// The seals on `fd` (tests).
-pub fn seals(fd: BorrowedFd<'_>) -> io::Result<SealFlag> {
+/// The seals on `fd`.
+fn seals(fd: BorrowedFd<'_>) -> io::Result<SealFlag> {
     let raw = nix::fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS)?;
     Ok(SealFlag::from_bits_truncate(raw))
 }
